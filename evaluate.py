@@ -1,0 +1,11 @@
+"""Submission contract: `python evaluate.py --data EVAL_DIR --weights FILE` prints the classification report.
+
+Same code as `illustra evaluate`; run from the repository root, relative paths work as given.
+"""
+
+import sys
+
+from illustra.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(["evaluate", *sys.argv[1:]]))

@@ -1,0 +1,1 @@
+"""The public stand-in benchmark (SPEC.md) and the synthetic test fixture."""

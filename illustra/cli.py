@@ -1,0 +1,192 @@
+"""`illustra <command>`: a thin command line over the package's plain functions."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+# Commands whose stage is not built yet: the issue that brings each one.
+PENDING = {
+    "pretrain": ("train the SimCLR encoder from random initialisation", 3),
+    "embed": ("compute L2-normalised embeddings for every manifest row", 3),
+    "curate": ("EDA report, duplicates, photos, imbalance plan, cleaned manifest", 4),
+    "finetune": ("train the linear head / fine-tune on the cleaned, balanced set", 6),
+    "evaluate": ("classification report of a weights file on a class-folder tree", 6),
+    "predict": ("class and probability for single images", 6),
+    "experiment": ("run an experiment plan and write its analysis report", 7),
+}
+
+
+def _not_built(name: str) -> Callable[[argparse.Namespace], int]:
+    """A command that says honestly that it is not built yet, and fails."""
+
+    def run(_: argparse.Namespace) -> int:
+        print(f"illustra {name}: not built yet (tracked in issue #{PENDING[name][1]}).", file=sys.stderr)
+        return 2
+
+    return run
+
+
+def _cmd_scan(args: argparse.Namespace) -> int:
+    """Scan a data folder, decode every image once, write manifest + pixel cache."""
+    from illustra.config import load_config
+    from illustra.data.cache import CacheSpec
+    from illustra.data.index import IndexSettings, index_dataset
+    from illustra.data.manifest import problems, save_manifest
+
+    config = load_config(args.config, args.set)
+    settings = IndexSettings(CacheSpec(**config["cache"]), int(config["max_pixels"]), int(config["workers"]))
+    result = index_dataset(args.data, args.out, settings)
+    save_manifest(problems(result.manifest), Path(args.out) / "problems.csv")
+    print(summarise_index(result))
+    return 0
+
+
+def summarise_index(result) -> str:
+    """Human summary of an index run: classes in model order, counts, problems, throughput."""
+    manifest = result.manifest
+    lines = [f"classes (model order, natural sort of folder names): {len(result.classes)}"]
+    counts = manifest[manifest["class_id"] >= 0].groupby("class_folder")["status"].value_counts().unstack(fill_value=0)
+    for class_id, folder in enumerate(result.classes):
+        row = counts.loc[folder] if folder in counts.index else {}
+        usable = int(row.get("ok", 0)) + int(row.get("warning", 0))
+        lines.append(f"  {class_id:>3}  {folder:<16} {usable:>7} usable  {int(row.get('error', 0)):>4} unusable")
+    status = manifest["status"].value_counts().to_dict()
+    lines.append(f"files: {len(manifest)}  " + "  ".join(f"{k}: {v}" for k, v in sorted(status.items())))
+    flagged = manifest[manifest["status"] != "ok"]
+    for _, row in flagged.head(20).iterrows():
+        lines.append(f"  {row['status']:<7} {row['path']}  {row['reason']}")
+    if len(flagged) > 20:
+        lines.append(f"  ... {len(flagged) - 20} more in problems.csv")
+    rate = f"{result.images_per_second:.0f} images/s" if result.decoded else "nothing to decode"
+    lines.append(f"decoded {result.decoded} ({rate}), reused {result.reused} unchanged; wrote {result.work_dir}")
+    return "\n".join(lines)
+
+
+def _cmd_bench_build(args: argparse.Namespace) -> int:
+    """Build the public stand-in benchmark."""
+    from illustra.bench.build import build_benchmark
+    from illustra.bench.sources import MissingToolError
+
+    try:
+        record = build_benchmark(args.out, seed=args.seed, cache=args.cache, small=args.small,
+                                 workers=args.workers, force=args.force)
+    except MissingToolError as exc:
+        print(f"illustra bench build: {exc}", file=sys.stderr)
+        return 1
+    print(summarise_build(record, Path(args.out)))
+    return 0
+
+
+def _cmd_bench_fixture(args: argparse.Namespace) -> int:
+    """Build a small synthetic fixture with the benchmark's layout (no download)."""
+    from illustra.bench.build import build_fixture
+
+    record = build_fixture(args.out, seed=args.seed, classes=args.classes, per_class=args.per_class)
+    print(summarise_build(record, Path(args.out)))
+    return 0
+
+
+def summarise_build(record: dict, out: Path) -> str:
+    """Per-class counts and totals of a build."""
+    from illustra.data.scan import natural_sorted
+
+    state = "already built, reused" if record.get("reused") else f"built in {record.get('build_seconds', '?')} s"
+    counts = record["class_counts"]
+    lines = [f"{out}/training: {record['files']} files ({state})"]
+    lines += [f"  {folder:<8} {counts[folder]:>6}" for folder in natural_sorted(list(counts))]
+    smallest, largest = min(counts.values()), max(counts.values())
+    lines.append(f"duplicate copies {record['duplicate_copies']} in {record['duplicate_groups']} groups, "
+                 f"photos {record['photos']}, largest/smallest class {largest}/{smallest} = {largest / smallest:.1f}x")
+    if record.get("render_failures"):
+        lines.append(f"sources that failed to render (skipped): {len(record['render_failures'])}")
+    lines.append(f"truth: {out}/truth/{{sources,duplicates,photos}}.csv")
+    return "\n".join(lines)
+
+
+def _cmd_pipeline(args: argparse.Namespace) -> int:
+    """Main job: build the benchmark, then run every stage that exists, in order."""
+    out = Path(args.out)
+    steps = [
+        ("bench build", ["bench", "build", "--out", str(out / "bench"), "--seed", str(args.seed)]),
+        ("scan", ["scan", str(out / "bench" / "training"), "--out", str(out / "index")]),
+    ]
+    started = time.perf_counter()
+    for label, argv in steps:
+        print(f"\n== illustra {label}", flush=True)
+        code = main(argv)
+        if code != 0:
+            print(f"pipeline stopped: `illustra {' '.join(argv)}` exited {code}", file=sys.stderr)
+            return code
+    pending = [name for name in ("pretrain", "curate", "finetune", "evaluate") if name in PENDING]
+    print(f"\npipeline done in {time.perf_counter() - started:.0f} s; outputs under {out}/")
+    if pending:
+        print("stages not built yet (skipped): " + ", ".join(f"{n} (issue #{PENDING[n][1]})" for n in pending))
+    return 0
+
+
+def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
+    """The submission contract's arguments (shared by `illustra evaluate` and evaluate.py)."""
+    parser.add_argument("--data", required=True, help="folder of class sub-folders named as in training")
+    parser.add_argument("--weights", default="checkpoints/classifier.safetensors", help="classifier weights file")
+    parser.add_argument("--json", metavar="OUT", help="also write the numbers as JSON")
+    parser.add_argument("--confusion", metavar="PNG", help="also save the confusion matrix")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with one sub-command per pipeline stage."""
+    parser = argparse.ArgumentParser(prog="illustra", description=__doc__)
+    commands = parser.add_subparsers(dest="command", metavar="<command>", required=True)
+
+    bench = commands.add_parser("bench", help="build the public stand-in benchmark (or a small test fixture)")
+    bench_commands = bench.add_subparsers(dest="bench_command", metavar="<bench command>", required=True)
+    build = bench_commands.add_parser("build", help="fetch the public sources and build DIR/training + DIR/truth")
+    build.add_argument("--out", required=True, help="output folder (training/ and truth/ are written inside)")
+    build.add_argument("--seed", type=int, default=0)
+    build.add_argument("--cache", help="download cache folder (default $ILLUSTRA_CACHE or ~/.cache/illustra)")
+    build.add_argument("--small", action="store_true", help="a few hundred files, for a quick real-data check")
+    build.add_argument("--workers", type=int, default=0, help="processes (0 = one per core)")
+    build.add_argument("--force", action="store_true", help="rebuild even if DIR already holds this build")
+    build.set_defaults(run=_cmd_bench_build)
+    fixture = bench_commands.add_parser("fixture", help="a small synthetic folder with the same layout and truth")
+    fixture.add_argument("--out", required=True)
+    fixture.add_argument("--seed", type=int, default=0)
+    fixture.add_argument("--classes", type=int, default=5)
+    fixture.add_argument("--per-class", type=int, default=12)
+    fixture.set_defaults(run=_cmd_bench_fixture)
+
+    scan = commands.add_parser("scan", help="decode every image once: manifest.csv + pixel cache + problems.csv")
+    scan.add_argument("data", help="folder of class sub-folders")
+    scan.add_argument("--out", required=True, help="work folder for the manifest and cache")
+    scan.add_argument("--config", default="data.yaml", help="YAML config (default configs/data.yaml)")
+    scan.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    scan.set_defaults(run=_cmd_scan)
+
+    for name, (summary, issue) in PENDING.items():
+        stub = commands.add_parser(name, help=f"{summary} [not built yet: issue #{issue}]")
+        if name == "evaluate":
+            add_evaluate_arguments(stub)
+        else:
+            stub.add_argument("rest", nargs=argparse.REMAINDER)
+        stub.set_defaults(run=_not_built(name))
+
+    pipeline = commands.add_parser("pipeline", help="main job: bench build -> scan -> every stage that exists")
+    pipeline.add_argument("--out", default="work", help="folder for every output (default work/)")
+    pipeline.add_argument("--seed", type=int, default=0)
+    pipeline.add_argument("--retrain", action="store_true", help="retrain everything instead of reusing checkpoints/")
+    pipeline.set_defaults(run=_cmd_pipeline)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `illustra` console script."""
+    args = build_parser().parse_args(argv)
+    return int(args.run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+

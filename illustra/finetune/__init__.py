@@ -1,0 +1,1 @@
+"""Fine-tuning the classifier on the cleaned, balanced manifest (issue #6)."""

@@ -1,0 +1,1 @@
+"""Self-supervised encoder: SimCLR pretraining from random initialisation, embeddings (issue #3)."""

@@ -1,0 +1,120 @@
+"""The benchmark assembly (on synthetic sources): layout, truth, proportions, determinism."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import random
+import tarfile
+
+from PIL import Image
+
+from illustra.bench.assemble import spread
+from illustra.bench.build import build_fixture
+from illustra.bench.sources import extract_deb, list_openmoji
+
+
+def _read(path):
+    with open(path, encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _tree_digest(root):
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*")):
+        if path.is_file():
+            digest.update(path.relative_to(root).as_posix().encode() + path.read_bytes())
+    return digest.hexdigest()
+
+
+def test_truth_files_have_the_spec_columns_and_cover_every_file(fixture_bench):
+    training = fixture_bench / "training"
+    files = {p.relative_to(training).as_posix() for p in training.rglob("*") if p.is_file()}
+    sources = _read(fixture_bench / "truth" / "sources.csv")
+    assert list(sources[0]) == ["path", "folder", "kind", "source", "style", "origin"]
+    assert {row["path"] for row in sources} == files
+    assert all(row["path"].split("/")[0] == row["folder"] for row in sources)
+    duplicates = _read(fixture_bench / "truth" / "duplicates.csv")
+    assert list(duplicates[0]) == ["path", "group", "transform"]
+    photos = {row["path"] for row in _read(fixture_bench / "truth" / "photos.csv")}
+    assert photos == {row["path"] for row in sources if row["kind"] == "photo"}
+    assert all(len(name.split("/")[1].split(".")[0]) == 12 for name in files)  # random-looking names
+
+
+def test_duplicates_and_photos_have_the_spec_proportions(tmp_path):
+    out = tmp_path / "b"
+    record = build_fixture(out, seed=1, classes=5, per_class=40)
+    total = record["files"]
+    assert abs(record["duplicate_copies"] / total - 0.06) < 0.01
+    assert abs(record["photos"] / total - 0.07) < 0.01
+    groups = {}
+    for row in _read(out / "truth" / "duplicates.csv"):
+        groups.setdefault(row["group"], []).append(row)
+    for members in groups.values():
+        assert [m["transform"] for m in members].count("original") == 1
+        assert 2 <= len(members) <= 4
+    sources = {row["path"]: row for row in _read(out / "truth" / "sources.csv")}
+    for members in groups.values():  # every copy comes from the same source image as its original
+        assert len({sources[m["path"]]["origin"] for m in members}) == 1
+    exact = [m for ms in groups.values() for m in ms if m["transform"] == "exact"]
+    for member in exact:
+        original = next(m for m in groups[member["group"]] if m["transform"] == "original")
+        assert (out / "training" / member["path"]).read_bytes() == (out / "training" / original["path"]).read_bytes()
+    photo = Image.open(out / "training" / next(p for p, r in sources.items() if r["kind"] == "photo"))
+    assert photo.format == "JPEG"
+
+
+def test_same_seed_is_byte_identical_and_another_seed_differs(tmp_path):
+    build_fixture(tmp_path / "a", seed=7, classes=4, per_class=15)
+    build_fixture(tmp_path / "b", seed=7, classes=4, per_class=15)
+    build_fixture(tmp_path / "c", seed=8, classes=4, per_class=15)
+    assert _tree_digest(tmp_path / "a") == _tree_digest(tmp_path / "b")
+    assert _tree_digest(tmp_path / "a") != _tree_digest(tmp_path / "c")
+
+
+def test_spread_respects_bounds_and_total():
+    counts = spread(100, 6, 5, 30, random.Random(0))
+    assert sum(counts) == 100 and all(5 <= c <= 30 for c in counts)
+    assert sum(spread(3, 6, 5, 30, random.Random(0))) == 3  # bounds bend only when they must
+
+
+def test_deb_extraction_without_dpkg(tmp_path):
+    payload = io.BytesIO()
+    with tarfile.open(fileobj=payload, mode="w:xz") as tar:
+        data = b"hello"
+        info = tarfile.TarInfo("./usr/share/x/hello.txt")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    members = [("debian-binary", b"2.0\n"), ("control.tar.xz", b""), ("data.tar.xz", payload.getvalue())]
+    blob = b"!<arch>\n"
+    for name, content in members:
+        header = f"{name + '/':<16}{0:<12}{0:<6}{0:<6}{100644:<8}{len(content):<10}`\n".encode()
+        blob += header + content + (b"\n" if len(content) % 2 else b"")
+    deb = tmp_path / "x_1.0_all.deb"
+    deb.write_bytes(blob)
+    extract_deb(deb, tmp_path / "root")
+    assert (tmp_path / "root" / "usr" / "share" / "x" / "hello.txt").read_text() == "hello"
+
+
+def test_openmoji_listing_uses_base_emoji_and_subgroup_spelling(tmp_path):
+    import json
+
+    (tmp_path / "data").mkdir()
+    rows = [
+        {"hexcode": "1F600", "group": "smileys-emotion", "subgroups": "face-smiling", "skintone": ""},
+        {"hexcode": "1F44B-1F3FB", "group": "people-body", "subgroups": "hand-fingers-open", "skintone": "1"},
+        {"hexcode": "2600", "group": "travel-places", "subgroups": "sky-weather", "skintone": ""},
+        {"hexcode": "E000", "group": "extras-openmoji", "subgroups": "face-smiling", "skintone": ""},
+    ]
+    (tmp_path / "data" / "openmoji.json").write_text(json.dumps(rows))
+    for variant in ("color", "black"):
+        (tmp_path / variant / "svg").mkdir(parents=True)
+        for row in rows:
+            (tmp_path / variant / "svg" / f"{row['hexcode']}.svg").write_text("<svg/>")
+    classes = [{"folder": "L2_20", "emoji": ["face-smiling"]}, {"folder": "L2_33", "emoji": ["sky & weather"]}]
+    found = list_openmoji(tmp_path, classes)
+    assert sorted((s.folder, s.style) for s in found) == [
+        ("L2_20", "openmoji-black"), ("L2_20", "openmoji-color"),
+        ("L2_33", "openmoji-black"), ("L2_33", "openmoji-color"),
+    ]

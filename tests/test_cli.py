@@ -1,0 +1,42 @@
+"""The command line: every command listed, unbuilt stages fail honestly, scan works end to end."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from illustra.cli import PENDING, main
+
+COMMANDS = ["bench", "pretrain", "embed", "curate", "finetune", "evaluate", "predict", "experiment", "scan"]
+
+
+def test_help_lists_every_command():
+    text = subprocess.run([sys.executable, "-m", "illustra.cli", "--help"], capture_output=True, text=True).stdout
+    for command in COMMANDS:
+        assert f"    {command}" in text
+
+
+@pytest.mark.parametrize("command", sorted(PENDING))
+def test_unbuilt_commands_say_so_and_fail(command, capsys, tmp_path):
+    assert main([command, "--data", str(tmp_path)] if command == "evaluate" else [command]) != 0
+    assert "not built yet" in capsys.readouterr().err
+
+
+def test_scan_command_prints_classes_in_natural_order(fixture_bench, tmp_path, capsys):
+    assert main(["scan", str(fixture_bench / "training"), "--out", str(tmp_path / "w"), "--set", "cache.size=32"]) == 0
+    out = capsys.readouterr().out
+    assert out.index("L2_7") < out.index("L2_10")
+    assert (tmp_path / "w" / "manifest.csv").exists() and (tmp_path / "w" / "pixels_32_letterbox.npy").exists()
+    assert (tmp_path / "w" / "problems.csv").exists()
+
+
+def test_unknown_override_is_an_error(fixture_bench, tmp_path):
+    with pytest.raises(KeyError):
+        main(["scan", str(fixture_bench / "training"), "--out", str(tmp_path / "w"), "--set", "cache.sise=32"])
+
+
+def test_evaluate_script_runs_from_the_repo_root():
+    done = subprocess.run([sys.executable, "evaluate.py", "--help"], capture_output=True, text=True)
+    assert done.returncode == 0 and "--weights" in done.stdout
