@@ -8,10 +8,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+SHIPPED_ENCODER = "checkpoints/encoder.safetensors"
+
 # Commands whose stage is not built yet: the issue that brings each one.
 PENDING = {
-    "pretrain": ("train the SimCLR encoder from random initialisation", 3),
-    "embed": ("compute L2-normalised embeddings for every manifest row", 3),
     "curate": ("EDA report, duplicates, photos, imbalance plan, cleaned manifest", 4),
     "finetune": ("train the linear head / fine-tune on the cleaned, balanced set", 6),
     "evaluate": ("classification report of a weights file on a class-folder tree", 6),
@@ -66,6 +66,44 @@ def summarise_index(result) -> str:
     return "\n".join(lines)
 
 
+def _cmd_pretrain(args: argparse.Namespace) -> int:
+    """SimCLR-pretrain the encoder on a data folder."""
+    from illustra.config import load_config
+    from illustra.ssl.jobs import parse_duration, pretrain_folder
+    from illustra.ssl.pretrain import PretrainConfig
+
+    raw = load_config(args.config, args.set)
+    if args.time_budget:
+        raw["time_budget_s"] = parse_duration(args.time_budget)
+    config = PretrainConfig.from_dict(raw)
+    summary = pretrain_folder(args.data, args.out, args.work, config, _cache_spec(args), resume=args.resume)
+    last = summary["history"][-1] if summary["history"] else {}
+    print(f"pretrained {summary['epochs']} epochs in {summary['wall_seconds']} s "
+          f"({summary['view_images_per_second']} view-images/s); last: {last}")
+    print(f"wrote {Path(args.out) / 'encoder.safetensors'} and {Path(args.out) / 'metrics.json'}; "
+          f"TensorBoard: tensorboard --logdir {Path(args.out) / 'tb'}")
+    return 0
+
+
+def _cmd_embed(args: argparse.Namespace) -> int:
+    """Embeddings for every manifest row of a data folder."""
+    from illustra.ssl.jobs import embed_folder
+
+    manifest, reused = embed_folder(args.data, args.encoder, args.out, args.work, _cache_spec(args))
+    state = "reused (encoder and pixels unchanged)" if reused else "computed"
+    count = int((manifest["embedding_row"] >= 0).sum())
+    print(f"embeddings for {count} images {state}: {Path(args.out)}/embeddings.npy")
+    return 0
+
+
+def _cache_spec(args: argparse.Namespace):
+    """The pixel cache the stage reads (from configs/data.yaml)."""
+    from illustra.config import load_config
+    from illustra.data.cache import CacheSpec
+
+    return CacheSpec(**load_config("data.yaml")["cache"])
+
+
 def _cmd_bench_build(args: argparse.Namespace) -> int:
     """Build the public stand-in benchmark."""
     from illustra.bench.build import build_benchmark
@@ -110,10 +148,20 @@ def summarise_build(record: dict, out: Path) -> str:
 def _cmd_pipeline(args: argparse.Namespace) -> int:
     """Main job: build the benchmark, then run every stage that exists, in order."""
     out = Path(args.out)
+    data, work = str(out / "bench" / "training"), str(out / "index")
+    encoder = Path(SHIPPED_ENCODER)
     steps = [
         ("bench build", ["bench", "build", "--out", str(out / "bench"), "--seed", str(args.seed)]),
-        ("scan", ["scan", str(out / "bench" / "training"), "--out", str(out / "index")]),
+        ("scan", ["scan", data, "--out", work]),
     ]
+    if args.retrain or not encoder.exists():
+        encoder = out / "ssl" / "encoder.safetensors"
+        steps.append(("pretrain", ["pretrain", "--data", data, "--out", str(out / "ssl"), "--work", work,
+                                   "--time-budget", args.ssl_budget]))
+    else:
+        print(f"reusing the shipped encoder {encoder} (pass --retrain to pretrain it again)")
+    steps.append(("embed", ["embed", "--data", data, "--encoder", str(encoder), "--out", str(out / "embeddings"),
+                            "--work", work]))
     started = time.perf_counter()
     for label, argv in steps:
         print(f"\n== illustra {label}", flush=True)
@@ -121,7 +169,7 @@ def _cmd_pipeline(args: argparse.Namespace) -> int:
         if code != 0:
             print(f"pipeline stopped: `illustra {' '.join(argv)}` exited {code}", file=sys.stderr)
             return code
-    pending = [name for name in ("pretrain", "curate", "finetune", "evaluate") if name in PENDING]
+    pending = [name for name in ("curate", "finetune", "evaluate") if name in PENDING]
     print(f"\npipeline done in {time.perf_counter() - started:.0f} s; outputs under {out}/")
     if pending:
         print("stages not built yet (skipped): " + ", ".join(f"{n} (issue #{PENDING[n][1]})" for n in pending))
@@ -165,6 +213,23 @@ def build_parser() -> argparse.ArgumentParser:
     scan.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     scan.set_defaults(run=_cmd_scan)
 
+    pretrain = commands.add_parser("pretrain", help="train the SimCLR encoder from random initialisation")
+    pretrain.add_argument("--data", required=True, help="folder of class sub-folders (all images are used)")
+    pretrain.add_argument("--out", required=True, help="run folder: checkpoint, encoder.safetensors, tb/")
+    pretrain.add_argument("--work", default="work/index", help="manifest + pixel cache folder (default work/index)")
+    pretrain.add_argument("--config", default="ssl.yaml", help="YAML config (default configs/ssl.yaml)")
+    pretrain.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    pretrain.add_argument("--time-budget", help="stop and anneal within this time, e.g. 20m")
+    pretrain.add_argument("--resume", action="store_true", help="continue from RUN/checkpoint.safetensors")
+    pretrain.set_defaults(run=_cmd_pretrain)
+
+    embed = commands.add_parser("embed", help="L2-normalised embeddings for every manifest row")
+    embed.add_argument("--data", required=True)
+    embed.add_argument("--encoder", default="checkpoints/encoder.safetensors")
+    embed.add_argument("--out", required=True)
+    embed.add_argument("--work", default="work/index")
+    embed.set_defaults(run=_cmd_embed)
+
     for name, (summary, issue) in PENDING.items():
         stub = commands.add_parser(name, help=f"{summary} [not built yet: issue #{issue}]")
         if name == "evaluate":
@@ -177,6 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     pipeline.add_argument("--out", default="work", help="folder for every output (default work/)")
     pipeline.add_argument("--seed", type=int, default=0)
     pipeline.add_argument("--retrain", action="store_true", help="retrain everything instead of reusing checkpoints/")
+    pipeline.add_argument("--ssl-budget", default="25m", help="time budget of SSL pretraining with --retrain")
     pipeline.set_defaults(run=_cmd_pipeline)
     return parser
 

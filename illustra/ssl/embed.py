@@ -1,0 +1,76 @@
+"""Embeddings: L2-normalised encoder features for every manifest row, computed once per encoder.
+
+Saved as `embeddings.npy` (float32, one row per manifest row; zero rows for files that did not
+load) beside `embeddings.json`, whose fingerprint (encoder file hash + pixel hashes) decides reuse.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from illustra.ssl.augment import normalise, resize_batch, to_float
+
+EMBEDDINGS_FILE = "embeddings.npy"
+EMBEDDINGS_INFO = "embeddings.json"
+
+
+@torch.no_grad()
+def embed_tensor(encoder, images: torch.Tensor, input_size: int, device=None, batch_size: int = 512) -> np.ndarray:
+    """uint8 images (N, 3, S, S) or (N, S, S, 3) -> L2-normalised float32 features (N, D)."""
+    device = device or next(encoder.parameters()).device
+    encoder.eval()
+    chunks = []
+    for start in range(0, len(images), batch_size):
+        batch = to_float(images[start:start + batch_size].to(device))
+        features = encoder(normalise(resize_batch(batch, input_size)))
+        chunks.append(torch.nn.functional.normalize(features.float(), dim=1).cpu())
+    if not chunks:
+        return np.zeros((0, encoder.feature_dim), np.float32)
+    return torch.cat(chunks).numpy()
+
+
+def file_digest(path: str | Path) -> str:
+    """blake2b of a file (the encoder's identity for reuse)."""
+    digest = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _fingerprint(manifest: pd.DataFrame, encoder_path: Path) -> dict:
+    """What the embeddings depend on: the encoder file and every row's pixels."""
+    pixels = hashlib.blake2b("\n".join(manifest["pixel_hash"].astype(str)).encode(), digest_size=16).hexdigest()
+    return {"encoder": file_digest(encoder_path), "rows": len(manifest), "pixels": pixels}
+
+
+def embed_manifest(manifest: pd.DataFrame, pixels: np.ndarray, encoder_path: str | Path, out_dir: str | Path,
+                   device=None) -> tuple[np.ndarray, bool]:
+    """Embeddings for every manifest row (reused when encoder and pixels are unchanged); (array, reused)."""
+    from illustra.ssl.pretrain import load_encoder, pick_device
+
+    out_dir, encoder_path = Path(out_dir), Path(encoder_path)
+    fingerprint = _fingerprint(manifest, encoder_path)
+    info_path, array_path = out_dir / EMBEDDINGS_INFO, out_dir / EMBEDDINGS_FILE
+    if info_path.exists() and array_path.exists():
+        if json.loads(info_path.read_text(encoding="utf-8")).get("fingerprint") == fingerprint:
+            return np.load(array_path), True
+    device = device or pick_device()
+    encoder, meta = load_encoder(encoder_path, device)
+    rows = manifest["cache_row"].to_numpy()
+    loaded = np.flatnonzero(rows >= 0)
+    features = np.zeros((len(manifest), encoder.feature_dim), np.float32)
+    images = torch.from_numpy(np.ascontiguousarray(pixels[rows[loaded]]))
+    features[loaded] = embed_tensor(encoder, images, meta["architecture"]["input_size"], device)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    np.save(array_path, features)
+    info = {"fingerprint": fingerprint, "encoder_path": str(encoder_path), "dim": encoder.feature_dim,
+            "note": "row i = manifest row i; zero rows for files that did not load"}
+    info_path.write_text(json.dumps(info, indent=2), encoding="utf-8")
+    return features, False

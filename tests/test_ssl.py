@@ -1,0 +1,155 @@
+"""SimCLR encoder: augmentation, training signal, checkpoints, resume, embeddings, DDP on CPU."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from illustra.data.cache import CacheSpec, open_pixels
+from illustra.data.index import IndexSettings, index_dataset
+from illustra.data.manifest import load_manifest
+from illustra.ssl.augment import ViewConfig, crop_and_flip, make_view, random_blur, random_grayscale, to_float
+from illustra.ssl.encoder import Encoder, EncoderConfig
+from illustra.ssl.jobs import embed_folder, parse_duration
+from illustra.ssl.pretrain import (
+    PretrainConfig,
+    SimCLR,
+    export_encoder,
+    load_encoder,
+    make_optimizer,
+    optimizer_tensors,
+    pretrain,
+    restore_optimizer,
+)
+from illustra.weights import read_metadata
+
+TINY = PretrainConfig(encoder=EncoderConfig(width=8, stages=2, input_size=16), epochs=3, batch_size=16,
+                      lr=3e-3, warmup_epochs=0.5, knn_every=0, projection_hidden=32, projection_dim=16, threads=1)
+PRE = {"cache_size": 32, "cache_policy": "letterbox", "input_size": 16}
+
+
+@pytest.fixture(scope="module")
+def tiny_pixels(fixture_bench, tmp_path_factory):
+    work = tmp_path_factory.mktemp("index")
+    index_dataset(fixture_bench / "training", work, IndexSettings(CacheSpec(32)), progress=False)
+    manifest = load_manifest(work)
+    usable = manifest[manifest["cache_row"] >= 0]
+    return np.asarray(open_pixels(work, CacheSpec(32))[usable["cache_row"].to_numpy()]), usable["class_id"].to_numpy()
+
+
+def test_views_have_the_right_shape_and_scale():
+    images = to_float(torch.randint(0, 256, (8, 32, 32, 3), dtype=torch.uint8))
+    view = make_view(images, 16, ViewConfig(blur=0.5), torch.Generator().manual_seed(0))
+    assert view.shape == (8, 3, 16, 16) and torch.isfinite(view).all()
+    assert -2.1 <= view.min() and view.max() <= 2.1  # (x - 0.5) / 0.25 of [0, 1]
+
+
+def test_identity_crop_and_flip_are_exact():
+    images = torch.rand(4, 3, 16, 16)
+    gen = torch.Generator().manual_seed(0)
+    same = crop_and_flip(images, 16, ViewConfig(crop_scale=(1, 1), crop_ratio=(1, 1), flip=0.0), gen)
+    assert torch.allclose(same, images, atol=1e-5)
+    mirrored = crop_and_flip(images, 16, ViewConfig(crop_scale=(1, 1), crop_ratio=(1, 1), flip=1.0), gen)
+    assert torch.allclose(mirrored, images.flip(-1), atol=1e-5)
+
+
+def test_grayscale_and_blur():
+    images = torch.rand(4, 3, 16, 16)
+    gen = torch.Generator().manual_seed(0)
+    grey = random_grayscale(images, 1.0, gen)
+    assert torch.allclose(grey[:, 0], grey[:, 1]) and torch.allclose(grey[:, 1], grey[:, 2])
+    blurred = random_blur(images, ViewConfig(blur=1.0, blur_sigma=(1.0, 1.0)), gen)
+    assert blurred.shape == images.shape and blurred.std() < images.std() * 0.7
+    kept = random_blur(images, ViewConfig(blur=0.0), gen)
+    assert torch.allclose(kept, images, atol=1e-4)
+
+
+def test_loss_decreases_on_a_tiny_set(tiny_pixels, tmp_path):
+    pixels, labels = tiny_pixels
+    summary = pretrain(pixels, labels, tmp_path, TINY.__class__(**{**TINY.__dict__, "epochs": 8}), PRE, progress=False)
+    losses = [h["loss"] for h in summary["history"]]
+    assert np.mean(losses[-2:]) < losses[0] - 0.1, losses
+
+
+def test_encoder_file_round_trip_with_metadata(tmp_path):
+    encoder = Encoder(EncoderConfig(width=8, stages=2, input_size=16)).eval()
+    path = export_encoder(tmp_path / "e.safetensors", encoder, TINY, PRE, {"epochs": 0})
+    loaded, meta = load_encoder(path)
+    x = torch.randn(2, 3, 16, 16)
+    assert torch.equal(loaded(x), encoder(x))
+    assert meta["architecture"]["width"] == 8 and meta["preprocessing"]["input_size"] == 16
+    assert read_metadata(path)["illustra_kind"] == "encoder"
+    assert b"pickle" not in path.read_bytes()[:64]
+
+
+def test_optimizer_state_round_trip():
+    model = SimCLR(TINY)
+    optimizer = make_optimizer(model, TINY)
+    model(torch.randn(4, 3, 16, 16)).sum().backward()
+    optimizer.step()
+    tensors, meta = optimizer_tensors(optimizer)
+    fresh = make_optimizer(model, TINY)
+    restore_optimizer(fresh, tensors, json.loads(json.dumps(meta)))
+    for (_, a), (_, b) in zip(optimizer.state_dict()["state"].items(), fresh.state_dict()["state"].items()):
+        assert all(torch.equal(a[k], b[k]) for k in a if torch.is_tensor(a[k]))
+
+
+def test_resume_after_interruption_matches_an_uninterrupted_run(tiny_pixels, tmp_path):
+    pixels, labels = tiny_pixels
+    steps_per_epoch = len(pixels) // TINY.batch_size
+    pretrain(pixels, labels, tmp_path / "full", TINY, PRE, progress=False)
+    pretrain(pixels, labels, tmp_path / "cut", TINY, PRE, progress=False, max_steps=steps_per_epoch)  # "killed"
+    assert json.loads((tmp_path / "cut" / "metrics.json").read_text())["epochs"] == 1
+    summary = pretrain(pixels, labels, tmp_path / "cut", TINY, PRE, progress=False, resume=True)
+    assert summary["epochs"] == 3
+    full, _ = load_encoder(tmp_path / "full" / "encoder.safetensors")
+    resumed, _ = load_encoder(tmp_path / "cut" / "encoder.safetensors")
+    for a, b in zip(full.state_dict().values(), resumed.state_dict().values()):
+        assert torch.allclose(a.float(), b.float(), atol=1e-5)
+
+
+def test_embeddings_are_normalised_aligned_and_reused(fixture_bench, tmp_path):
+    encoder = Encoder(EncoderConfig(width=8, stages=2, input_size=16))
+    path = export_encoder(tmp_path / "e.safetensors", encoder, TINY, PRE, {})
+    data, out, work = fixture_bench / "training", tmp_path / "emb", tmp_path / "work"
+    manifest, reused = embed_folder(data, path, out, work, CacheSpec(32))
+    features = np.load(tmp_path / "emb" / "embeddings.npy")
+    assert not reused and len(features) == len(manifest)
+    loaded = manifest["embedding_row"].to_numpy() >= 0
+    assert np.allclose(np.linalg.norm(features[loaded], axis=1), 1, atol=1e-4)
+    _, reused = embed_folder(data, path, out, work, CacheSpec(32))
+    assert reused
+
+
+def test_parse_duration():
+    assert parse_duration("20m") == 1200 and parse_duration("1.5h") == 5400 and parse_duration("90") == 90
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ddp_two_processes_on_cpu_with_gloo(fixture_bench, tmp_path):
+    repo = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
+               "-m", "illustra.cli", "pretrain", "--data", str(fixture_bench / "training"),
+               "--out", str(tmp_path / "run"), "--work", str(tmp_path / "work"),
+               "--set", "epochs=2", "--set", "batch_size=8", "--set", "knn_every=0", "--set", "threads=1",
+               "--set", "encoder.width=8", "--set", "encoder.stages=2", "--set", "encoder.input_size=16",
+               "--set", "projection_hidden=32", "--set", "projection_dim=16"]
+    done = subprocess.run(command, cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["world_size"] == 2 and metrics["epochs"] == 2
+    assert (tmp_path / "run" / "encoder.safetensors").exists()
