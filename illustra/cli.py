@@ -76,7 +76,7 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
     if args.time_budget:
         raw["time_budget_s"] = parse_duration(args.time_budget)
     config = PretrainConfig.from_dict(raw)
-    summary = pretrain_folder(args.data, args.out, args.work, config, _cache_spec(args), resume=args.resume)
+    summary = pretrain_folder(args.data, args.out, args.work, config, _data_cache_spec(), resume=args.resume)
     last = summary["history"][-1] if summary["history"] else {}
     print(f"pretrained {summary['epochs']} epochs in {summary['wall_seconds']} s "
           f"({summary['view_images_per_second']} view-images/s); last: {last}")
@@ -89,14 +89,14 @@ def _cmd_embed(args: argparse.Namespace) -> int:
     """Embeddings for every manifest row of a data folder."""
     from illustra.ssl.jobs import embed_folder
 
-    manifest, reused = embed_folder(args.data, args.encoder, args.out, args.work, _cache_spec(args))
+    manifest, reused = embed_folder(args.data, args.encoder, args.out, args.work, _data_cache_spec())
     state = "reused (encoder and pixels unchanged)" if reused else "computed"
     count = int((manifest["embedding_row"] >= 0).sum())
     print(f"embeddings for {count} images {state}: {Path(args.out)}/embeddings.npy")
     return 0
 
 
-def _cache_spec(args: argparse.Namespace):
+def _data_cache_spec():
     """The pixel cache the stage reads (from configs/data.yaml)."""
     from illustra.config import load_config
     from illustra.data.cache import CacheSpec

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from illustra.data.cache import CacheSpec, cache_file, create_pixels
+from illustra.data.cache import CacheSpec, cache_file, create_pixels, fit_square
 from illustra.data.imageio import DEFAULT_MAX_PIXELS, load_image
 from illustra.data.manifest import BASE_COLUMNS, MANIFEST_FILE, atomic_write_text, load_manifest, save_manifest
 from illustra.data.scan import FileEntry, scan_dataset
@@ -77,8 +77,6 @@ def _stat_row(root: Path, entry: FileEntry) -> dict:
 
 def decode_file(task: tuple[str, dict, CacheSpec, int]) -> tuple[dict, np.ndarray | None]:
     """Read, hash and decode one file; fill its manifest row and return its cached square."""
-    from illustra.data.cache import fit_square
-
     root, row, spec, max_pixels = task
     path = Path(root) / row["path"]
     try:

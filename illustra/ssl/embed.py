@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -69,7 +70,9 @@ def embed_manifest(manifest: pd.DataFrame, pixels: np.ndarray, encoder_path: str
     images = torch.from_numpy(np.ascontiguousarray(pixels[rows[loaded]]))
     features[loaded] = embed_tensor(encoder, images, meta["architecture"]["input_size"], device)
     out_dir.mkdir(parents=True, exist_ok=True)
-    np.save(array_path, features)
+    with open(array_path.with_suffix(".npy.tmp"), "wb") as handle:  # atomic: never half an array
+        np.save(handle, features)
+    os.replace(array_path.with_suffix(".npy.tmp"), array_path)
     info = {"fingerprint": fingerprint, "encoder_path": str(encoder_path), "dim": encoder.feature_dim,
             "note": "row i = manifest row i; zero rows for files that did not load"}
     info_path.write_text(json.dumps(info, indent=2), encoding="utf-8")
