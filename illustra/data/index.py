@@ -63,9 +63,14 @@ def _blake(data: bytes) -> str:
     return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
+def _empty_row() -> dict:
+    """A manifest row with every base column empty ('' or -1)."""
+    return {name: ("" if kind is str else -1) for name, kind in BASE_COLUMNS.items()}
+
+
 def _stat_row(root: Path, entry: FileEntry) -> dict:
     """Manifest row with path, class and file-system facts; decode columns still empty."""
-    row = {name: ("" if kind is str else -1) for name, kind in BASE_COLUMNS.items()}
+    row = _empty_row()
     row.update(path=entry.path, class_folder=entry.class_folder, class_id=entry.class_id, n_frames=0)
     try:
         stat = os.stat(root / entry.path)
@@ -174,8 +179,7 @@ def _with_skipped(manifest: pd.DataFrame, skipped: list[tuple[str, str]]) -> pd.
     if not skipped:
         return manifest
     extra = pd.DataFrame(
-        [{**{n: ("" if k is str else -1) for n, k in BASE_COLUMNS.items()}, "path": p, "status": "error", "reason": r}
-         for p, r in skipped],
+        [{**_empty_row(), "path": p, "status": "error", "reason": r} for p, r in skipped],
         columns=list(BASE_COLUMNS),
     )
     return pd.concat([manifest, extra], ignore_index=True)

@@ -13,7 +13,8 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field, replace
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -272,7 +273,8 @@ def _train_epoch(trainable, criterion, optimizer, data, gen, config, state, step
     order = torch.randperm(len(data), generator=torch.Generator().manual_seed(config.seed + state.epoch))
     share = order[rank::world]
     size, batch = config.encoder.input_size, config.batch_size
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else _nullcontext()
+    # bf16 autocast on CUDA only: on CPU bf16 convolutions are slower than float32
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
     trainable.train()
     losses = []
     bar = tqdm(range(steps_per_epoch), desc=f"ssl epoch {state.epoch + 1}/{state.horizon_epochs}",
@@ -307,16 +309,6 @@ def _train_epoch(trainable, criterion, optimizer, data, gen, config, state, step
         if max_steps is not None and state.step >= max_steps:
             break
     return float(np.mean(losses))
-
-
-class _nullcontext:
-    """A do-nothing context (autocast off on CPU: bf16 convolutions are slower there)."""
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def _budgeted_horizon(config: PretrainConfig, state: RunState) -> int:
@@ -356,7 +348,3 @@ def _projector(writer, encoder: Encoder, data: torch.Tensor, labels: np.ndarray,
     writer.add_embedding(torch.from_numpy(features), metadata=[int(labels[i]) for i in picks],
                          label_img=images.float() / 255.0, tag="encoder")
 
-
-def default_config() -> PretrainConfig:
-    """The configuration used when none is given."""
-    return replace(PretrainConfig())
