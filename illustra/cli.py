@@ -12,7 +12,6 @@ SHIPPED_ENCODER = "checkpoints/encoder.safetensors"
 
 # Commands whose stage is not built yet: the issue that brings each one.
 PENDING = {
-    "curate": ("EDA report, duplicates, photos, imbalance plan, cleaned manifest", 4),
     "finetune": ("train the linear head / fine-tune on the cleaned, balanced set", 6),
     "evaluate": ("classification report of a weights file on a class-folder tree", 6),
     "predict": ("class and probability for single images", 6),
@@ -96,6 +95,24 @@ def _cmd_embed(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_curate(args: argparse.Namespace) -> int:
+    """Curation jobs against the manifest and embeddings: duplicates, photos, imbalance plan, report."""
+    from illustra.config import load_config
+    from illustra.curation.run import JOBS, CurationSettings, curate
+
+    settings = CurationSettings.from_dict(load_config(args.config, args.set))
+    jobs = tuple(args.only) if args.only else JOBS
+    summary = curate(args.data, args.out, args.work, args.encoder, settings, _data_cache_spec(), jobs)
+    print(f"files {summary['files']}, usable {summary['usable']}, blank {summary['blank']}; duplicate groups "
+          f"{summary['duplicate_groups']} ({summary['duplicate_copies_dropped']} copies dropped, "
+          f"{summary['label_conflict_groups']} with label conflicts); photos {summary['photos']}; "
+          f"cleaned set {summary['clean']} images; imbalance {summary['imbalance_before']}x -> {summary['imbalance_after']}x")
+    print(f"seconds: {summary['seconds']}")
+    print(f"wrote {args.out}/{{manifest,clean,duplicates,duplicate_pairs,photos,problems}}.csv"
+          + (f" and {args.out}/report.html" if "report" in jobs else ""))
+    return 0
+
+
 def _data_cache_spec():
     """The pixel cache the stage reads (from configs/data.yaml)."""
     from illustra.config import load_config
@@ -169,7 +186,14 @@ def _cmd_pipeline(args: argparse.Namespace) -> int:
         if code != 0:
             print(f"pipeline stopped: `illustra {' '.join(argv)}` exited {code}", file=sys.stderr)
             return code
-    pending = [name for name in ("curate", "finetune", "evaluate") if name in PENDING]
+    steps_after = [("curate", ["curate", data, "--out", str(out / "curation"), "--encoder", str(encoder), "--work", work])]
+    for label, argv in steps_after:
+        print(f"\n== illustra {label}", flush=True)
+        code = main(argv)
+        if code != 0:
+            print(f"pipeline stopped: `illustra {' '.join(argv)}` exited {code}", file=sys.stderr)
+            return code
+    pending = [name for name in ("finetune", "evaluate") if name in PENDING]
     print(f"\npipeline done in {time.perf_counter() - started:.0f} s; outputs under {out}/")
     if pending:
         print("stages not built yet (skipped): " + ", ".join(f"{n} (issue #{PENDING[n][1]})" for n in pending))
@@ -229,6 +253,17 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--out", required=True)
     embed.add_argument("--work", default="work/index")
     embed.set_defaults(run=_cmd_embed)
+
+    curate = commands.add_parser("curate", help="duplicates, photos, imbalance plan, cleaned manifest, report.html")
+    curate.add_argument("data", help="folder of class sub-folders (never modified)")
+    curate.add_argument("--out", required=True, help="folder for every curation output")
+    curate.add_argument("--encoder", default=SHIPPED_ENCODER, help="encoder weights for the embeddings")
+    curate.add_argument("--work", default="work/index", help="manifest + pixel cache folder")
+    curate.add_argument("--config", default="curation.yaml")
+    curate.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    curate.add_argument("--only", action="append", choices=["duplicates", "photos", "report"],
+                        help="run only these jobs (repeatable); duplicates always run")
+    curate.set_defaults(run=_cmd_curate)
 
     for name, (summary, issue) in PENDING.items():
         stub = commands.add_parser(name, help=f"{summary} [not built yet: issue #{issue}]")

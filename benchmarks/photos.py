@@ -1,0 +1,66 @@
+"""Photo detection vs the benchmark truth: ours (stats + HDBSCAN + label-free rule) vs IsolationForest on colour histograms.
+
+    python benchmarks/photos.py --bench work/bench --curation work/curation --work work/index
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.ensemble import IsolationForest
+from sklearn.metrics import f1_score, precision_score, recall_score, roc_auc_score
+
+from illustra.curation.photos import STAT_COLUMNS, detect_photos
+from illustra.data.cache import open_pixels
+from illustra.data.manifest import load_manifest
+
+
+def colour_histograms(pixels: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """4x4x4 RGB histogram of each cached image (the baseline's features)."""
+    images = np.asarray(pixels[rows]) // 64
+    codes = (images[..., 0] * 16 + images[..., 1] * 4 + images[..., 2]).reshape(len(rows), -1).astype(np.int64)
+    return np.stack([np.bincount(c, minlength=64) for c in codes]) / codes.shape[1]
+
+
+def line(name: str, truth: np.ndarray, predicted: np.ndarray, score: np.ndarray, seconds: float) -> str:
+    """One result line."""
+    return (f"{name:<44} P {precision_score(truth, predicted):.3f}  R {recall_score(truth, predicted):.3f}  "
+            f"F1 {f1_score(truth, predicted):.3f}  AUC {roc_auc_score(truth, score):.4f}  "
+            f"{1000 * seconds / len(truth):.2f} ms/image")
+
+
+def main() -> None:
+    """Score both detectors on one benchmark."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--bench", default="work/bench")
+    parser.add_argument("--curation", default="work/curation")
+    parser.add_argument("--work", default="work/index")
+    args = parser.parse_args()
+    manifest = load_manifest(Path(args.curation) / "manifest.csv")
+    truth = manifest["path"].isin(set(pd.read_csv(Path(args.bench) / "truth" / "photos.csv")["path"])).to_numpy()
+    embeddings = np.load(Path(args.curation) / "embeddings" / "embeddings.npy")
+    print(f"images {len(manifest)}, photos in truth {truth.sum()}")
+    ours = manifest["is_photo"].astype(bool).to_numpy()
+    print(line("ours as run by `illustra curate`", truth, ours, manifest["photo_score"].to_numpy(), 0))
+    stats = manifest[list(STAT_COLUMNS)]
+    for name, emb in (("ours, statistics only (no embedding)", None), ("ours, statistics + embedding PCA", embeddings)):
+        started = time.perf_counter()
+        result = detect_photos(stats, emb)
+        print(line(name + " (clustering time)", truth, result["is_photo"].to_numpy(), result["photo_score"].to_numpy(),
+                   time.perf_counter() - started))
+    started = time.perf_counter()
+    hist = colour_histograms(open_pixels(args.work), manifest["cache_row"].to_numpy())
+    forest = IsolationForest(random_state=0).fit(hist)
+    score = -forest.score_samples(hist)
+    seconds = time.perf_counter() - started
+    print(line("IsolationForest colour histogram (predict)", truth, forest.predict(hist) < 0, score, seconds))
+    top = score >= np.quantile(score, 1 - ours.mean())
+    print(line("IsolationForest, flagged as many as ours", truth, top, score, seconds))
+
+
+if __name__ == "__main__":
+    main()

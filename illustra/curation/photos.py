@@ -1,0 +1,134 @@
+"""Label-free photo detection: image statistics that separate photographs from drawings, HDBSCAN, a stated rule.
+
+Statistics are measured at native resolution (at most 256 px on the long side) because the 64 px cache
+smooths away exactly the texture that tells a photograph from a drawing. They are computed on the
+foreground when the background is plain white. Nothing here reads file names, folders or formats.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import hdbscan
+import numpy as np
+import pandas as pd
+from PIL import Image
+from sklearn.decomposition import PCA
+from sklearn.mixture import GaussianMixture
+from sklearn.preprocessing import RobustScaler
+
+from illustra.data.imageio import load_image
+
+STAT_COLUMNS = ("foreground_share", "flat_share", "soft_edge_share", "sharp_edge_share", "colour_log_count")
+
+
+@dataclass(frozen=True)
+class PhotoSettings:
+    """Knobs of the photo job (label-free; see benchmarks/RESULTS.md for how they score)."""
+
+    stats_side: int = 256            # long side the statistics are measured at (native if smaller)
+    white: int = 240                 # a pixel whose every channel is >= this is background
+    sharp_edge: int = 24             # neighbour difference (max over RGB) counted as a sharp edge
+    flat: int = 2                    # ... and at most this counts as flat
+    embedding_components: int = 0    # PCA dims of the SSL embedding joined to the stats; 0: measured better (RESULTS.md)
+    embedding_weight: float = 1.0
+    min_cluster_size: int = 30
+    min_samples: int = 10
+    max_components: int = 6          # mixture sizes tried on the photo index, chosen by BIC
+    threshold: float = 0.5
+    seed: int = 0
+
+    @classmethod
+    def from_dict(cls, raw: dict | None) -> PhotoSettings:
+        """Settings from a config mapping."""
+        return cls(**(raw or {}))
+
+    def to_dict(self) -> dict:
+        """Plain mapping, for the run record."""
+        return asdict(self)
+
+
+def image_statistics(image: Image.Image, settings: PhotoSettings = PhotoSettings()) -> dict[str, float]:
+    """Photo-vs-drawing statistics of one RGB image (see STAT_COLUMNS)."""
+    if max(image.size) > settings.stats_side:
+        image = image.copy()
+        image.thumbnail((settings.stats_side, settings.stats_side), Image.Resampling.BOX)
+    pixels = np.asarray(image.convert("RGB")).astype(np.int16)
+    foreground = pixels.min(2) < settings.white
+    stats = dict.fromkeys(STAT_COLUMNS, 0.0)
+    stats["foreground_share"] = float(foreground.mean())
+    across = np.abs(np.diff(pixels, axis=1)).max(2)[foreground[:, 1:] & foreground[:, :-1]]
+    down = np.abs(np.diff(pixels, axis=0)).max(2)[foreground[1:, :] & foreground[:-1, :]]
+    steps = np.concatenate([across, down])
+    if len(steps) < 16:
+        return stats
+    stats["flat_share"] = float((steps <= settings.flat).mean())
+    stats["sharp_edge_share"] = float((steps > settings.sharp_edge).mean())
+    stats["soft_edge_share"] = 1.0 - stats["flat_share"] - stats["sharp_edge_share"]
+    quantised = pixels[foreground] // 8
+    codes = (quantised[:, 0] * 1024 + quantised[:, 1] * 32 + quantised[:, 2]).astype(np.int32)
+    stats["colour_log_count"] = float(np.log1p(len(np.unique(codes))))
+    return stats
+
+
+def statistics_table(data: str | Path, manifest: pd.DataFrame, settings: PhotoSettings = PhotoSettings(),
+                     progress=None) -> pd.DataFrame:
+    """Statistics for every usable manifest row (NaN for rows that did not load)."""
+    data = Path(data)
+    rows = []
+    for path, usable in zip(manifest["path"], manifest["cache_row"] >= 0):
+        result = load_image(data / path) if usable else None
+        rows.append(image_statistics(result.image, settings) if result is not None and result.image is not None
+                    else dict.fromkeys(STAT_COLUMNS, np.nan))
+        if progress is not None:
+            progress.update(1)
+    return pd.DataFrame(rows, index=manifest.index, columns=list(STAT_COLUMNS))
+
+
+def photo_index(stats: pd.DataFrame) -> np.ndarray:
+    """One number per image, larger = more photo-like: full frame, soft edges, few sharp edges (robust z-scores)."""
+    scaled = RobustScaler().fit_transform(stats[["foreground_share", "soft_edge_share", "sharp_edge_share"]])
+    return 2 * scaled[:, 0] + scaled[:, 1] - scaled[:, 2]
+
+
+def detect_photos(stats: pd.DataFrame, embeddings: np.ndarray | None,
+                  settings: PhotoSettings = PhotoSettings()) -> pd.DataFrame:
+    """`photo_score` (0-1), `is_photo`, `photo_cluster` for every row with statistics.
+
+    Rule, stated: a Gaussian mixture (size by BIC) on the photo index; the component with the most
+    photo-like mean is 'photo'; each image's posterior is averaged over its HDBSCAN cluster (stats +
+    embedding PCA), so whole clusters move together and noise points keep their own posterior.
+    """
+    out = pd.DataFrame({"photo_score": np.nan, "is_photo": False, "photo_cluster": -1}, index=stats.index)
+    valid = stats.notna().all(axis=1).to_numpy()
+    if valid.sum() < max(settings.min_cluster_size, 10):
+        return out
+    table = stats[valid]
+    index = photo_index(table)[:, None]
+    posterior = _photo_posterior(index, settings)
+    features = RobustScaler().fit_transform(table)
+    if embeddings is not None and settings.embedding_components > 0:
+        reduced = PCA(min(settings.embedding_components, embeddings.shape[1]), random_state=settings.seed)
+        projected = reduced.fit_transform(embeddings[valid])
+        features = np.column_stack([features, settings.embedding_weight * projected / projected.std()])
+    labels = hdbscan.HDBSCAN(min_cluster_size=settings.min_cluster_size,
+                             min_samples=settings.min_samples).fit(features).labels_
+    score = posterior.copy()
+    for cluster in np.unique(labels[labels >= 0]):
+        score[labels == cluster] = posterior[labels == cluster].mean()
+    out.loc[valid, "photo_score"] = score
+    out.loc[valid, "is_photo"] = score > settings.threshold
+    out.loc[valid, "photo_cluster"] = labels
+    return out
+
+
+def _photo_posterior(index: np.ndarray, settings: PhotoSettings) -> np.ndarray:
+    """Posterior of the most photo-like mixture component, mixture size chosen by BIC."""
+    best, best_bic = None, np.inf
+    for components in range(2, settings.max_components + 1):
+        mixture = GaussianMixture(components, random_state=settings.seed, n_init=2).fit(index)
+        bic = mixture.bic(index)
+        if bic < best_bic:
+            best, best_bic = mixture, bic
+    return best.predict_proba(index)[:, int(np.argmax(best.means_.ravel()))]

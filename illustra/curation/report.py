@@ -1,0 +1,207 @@
+"""Self-contained HTML report of a curation run: every plot and thumbnail is embedded, it opens offline."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from PIL import Image  # noqa: E402
+from sklearn.decomposition import PCA  # noqa: E402
+
+from illustra.data.manifest import atomic_write_text  # noqa: E402
+
+STYLE = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px;color:#222}
+section{margin-bottom:3em}h2{border-bottom:1px solid #ccc}table{border-collapse:collapse;font-size:13px}
+td,th{border:1px solid #ddd;padding:2px 6px;text-align:right}.row{display:flex;gap:2em;align-items:flex-start;
+flex-wrap:wrap}.thumbs img{margin:1px;border:1px solid #eee}.cap{font-size:12px;color:#555}"""
+
+
+def figure_tag(fig) -> str:
+    """A matplotlib figure as an inline PNG <img>."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    return f'<img src="data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()}">'
+
+
+def thumb_tag(pixels: np.ndarray, title: str = "") -> str:
+    """One cached image as an inline PNG thumbnail."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.asarray(pixels)).save(buffer, format="PNG")
+    return (f'<img width="48" height="48" title="{html.escape(title)}" '
+            f'src="data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()}">')
+
+
+def table_tag(frame: pd.DataFrame) -> str:
+    """A small DataFrame as an HTML table."""
+    return frame.to_html(border=0, float_format=lambda v: f"{v:.3g}")
+
+
+def _section(anchor: str, title: str, body: str) -> str:
+    return f'<section id="{anchor}"><h2>{html.escape(title)}</h2>{body}</section>'
+
+
+def _thumbs(manifest: pd.DataFrame, pixels: np.ndarray, rows, limit: int = 24) -> str:
+    """Thumbnails of manifest rows (by index), with their path as tooltip."""
+    rows = list(rows)[:limit]
+    tags = [thumb_tag(pixels[manifest.at[r, "cache_row"]], manifest.at[r, "path"]) for r in rows
+            if manifest.at[r, "cache_row"] >= 0]
+    return f'<div class="thumbs">{"".join(tags) or "<i>none</i>"}</div>'
+
+
+def class_section(manifest: pd.DataFrame, classes: list[str], summary: dict) -> str:
+    """Class counts before/after cleaning, as a bar chart and a table."""
+    table = pd.DataFrame({"before": summary["class_counts_before"], "after": summary["class_counts_after"]}).reindex(classes)
+    fig, ax = plt.subplots(figsize=(9, 3.2))
+    x = np.arange(len(classes))
+    ax.bar(x - 0.2, table["before"], 0.4, label="all usable")
+    ax.bar(x + 0.2, table["after"], 0.4, label="cleaned")
+    ax.set_xticks(x, classes, rotation=60)
+    ax.legend()
+    ax.set_ylabel("images")
+    text = (f"<p>Imbalance (largest / smallest class): <b>{summary['imbalance_before']}x</b> before, "
+            f"<b>{summary['imbalance_after']}x</b> after cleaning. Fine-tuning corrects it with the manifest's "
+            "plan columns (<code>sample_weight</code> for over/under-sampling, <code>class_weight</code> for the loss).</p>")
+    return _section("classes", "Class distribution", text + f'<div class="row">{figure_tag(fig)}{table_tag(table)}</div>')
+
+
+def properties_section(manifest: pd.DataFrame) -> str:
+    """Sizes, aspect ratios, file sizes, formats and colour modes."""
+    usable = manifest[manifest["cache_row"] >= 0]
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3))
+    axes[0].scatter(usable["width"], usable["height"], s=3, alpha=0.3)
+    axes[0].set(xscale="log", yscale="log", xlabel="width", ylabel="height", title="image size (px)")
+    axes[1].hist(np.log2(usable["width"] / usable["height"]), bins=40)
+    axes[1].set(title="aspect ratio, log2(w/h)")
+    axes[2].hist(np.log10(usable["bytes"].clip(lower=1)), bins=40)
+    axes[2].set(title="file size, log10(bytes)")
+    formats = usable.groupby(["format", "mode"]).size().rename("files").reset_index()
+    stats = usable[["width", "height", "bytes"]].describe().T[["min", "50%", "mean", "max"]]
+    return _section("properties", "Image properties",
+                    f'{figure_tag(fig)}<div class="row">{table_tag(formats)}{table_tag(stats)}</div>')
+
+
+def colour_section(manifest: pd.DataFrame, pixels: np.ndarray, classes: list[str]) -> str:
+    """Mean colour, brightness and saturation per class (from the pixel cache)."""
+    usable = manifest[manifest["cache_row"] >= 0]
+    rows = []
+    for folder in classes:
+        members = usable[usable["class_folder"] == folder]["cache_row"].to_numpy()[:400]
+        if len(members) == 0:
+            continue
+        sample = np.asarray(pixels[np.sort(members)], np.float32) / 255
+        high, low = sample.max(3), sample.min(3)
+        rows.append({"class": folder, "R": sample[..., 0].mean(), "G": sample[..., 1].mean(), "B": sample[..., 2].mean(),
+                     "brightness": sample.mean(), "saturation": ((high - low) / np.maximum(high, 1e-3)).mean(),
+                     "white share": (low > 0.94).mean()})
+    table = pd.DataFrame(rows).set_index("class")
+    fig, ax = plt.subplots(figsize=(9, 2.8))
+    ax.bar(table.index, table["saturation"], color=table[["R", "G", "B"]].to_numpy().clip(0, 1))
+    ax.set(title="mean saturation per class (bar colour = mean RGB)")
+    ax.tick_params(axis="x", rotation=60)
+    return _section("colour", "Colour statistics", f'<div class="row">{figure_tag(fig)}{table_tag(table)}</div>')
+
+
+def gallery_section(manifest: pd.DataFrame, pixels: np.ndarray, classes: list[str]) -> str:
+    """A few thumbnails per class from the cleaned set."""
+    parts = []
+    for folder in classes:
+        rows = manifest[(manifest["class_folder"] == folder) & manifest["clean"]].index
+        sample = np.random.default_rng(0).permutation(rows)[:16]
+        parts.append(f"<h4>{html.escape(folder)}</h4>{_thumbs(manifest, pixels, sample)}")
+    return _section("gallery", "Thumbnails per class (cleaned set)", "".join(parts))
+
+
+def embedding_section(manifest: pd.DataFrame, embeddings: np.ndarray) -> str:
+    """2-D PCA map of the SSL embeddings, coloured by class and by curation decision."""
+    usable = manifest[manifest["cache_row"] >= 0]
+    points = PCA(2, random_state=0).fit_transform(embeddings[usable.index.to_numpy()])
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5))
+    axes[0].scatter(points[:, 0], points[:, 1], c=usable["class_id"], cmap="tab20", s=3)
+    axes[0].set(title="coloured by class")
+    for decision, colour in (("keep", "#bbb"), ("drop: duplicate", "tab:blue"), ("drop: photo", "tab:red"),
+                             ("drop: blank image", "k"), ("drop: duplicate group with conflicting labels", "tab:orange")):
+        selected = (usable["decision"] == decision).to_numpy()
+        axes[1].scatter(points[selected, 0], points[selected, 1], s=3 if decision == "keep" else 8, c=colour,
+                        label=f"{decision} ({selected.sum()})")
+    axes[1].legend(markerscale=3, fontsize=8)
+    axes[1].set(title="coloured by curation decision")
+    return _section("embedding", "Embedding map (PCA of the SSL encoder's features)", figure_tag(fig))
+
+
+def duplicates_section(manifest: pd.DataFrame, pixels: np.ndarray, pairs: pd.DataFrame, summary: dict) -> str:
+    """Counts, the keep rule, conflicts, and a gallery of groups (keeper first)."""
+    text = (f"<p>{summary['duplicate_groups']} groups; {summary['duplicate_copies_dropped']} copies dropped; "
+            f"pairs by kind: {summary['duplicate_pairs']}. Keep rule: largest resolution, then lossless format, then "
+            f"path. {summary['label_conflict_groups']} groups span several classes; a conflicted group keeps its "
+            f"keeper only when the keeper's class is the group's strict majority, otherwise the whole group "
+            f"({summary['label_ambiguous_rows']} rows) leaves the training set.</p>")
+    grouped = manifest[manifest["dup_group"] >= 0]
+    rows = []
+    for group, members in list(grouped.groupby("dup_group"))[:40]:
+        members = members.sort_values("dup_keep", ascending=False)
+        flag = " <b>label conflict</b>" if members["dup_label_conflict"].any() else ""
+        rows.append(f"<div>group {group}: {', '.join(members['class_folder'].unique())}{flag}"
+                    f"{_thumbs(manifest, pixels, members.index, 8)}</div>")
+    return _section("duplicates", "Duplicates", text + "".join(rows))
+
+
+def photos_section(manifest: pd.DataFrame, pixels: np.ndarray) -> str:
+    """Score histogram, clusters with samples, most / least photo-like and borderline images."""
+    scored = manifest[manifest["photo_score"].notna()]
+    if scored.empty:
+        return _section("photos", "Photos", "<p>photo detection was not run</p>")
+    fig, ax = plt.subplots(figsize=(7, 2.8))
+    ax.hist(scored["photo_score"], bins=50, log=True)
+    ax.set(title="photo_score (0 = drawing, 1 = photograph)", xlabel="photo_score")
+    order = scored.sort_values("photo_score")
+    border = scored.iloc[(scored["photo_score"] - 0.5).abs().argsort()[:24]].index
+    clusters = []
+    for cluster, members in scored[scored["photo_cluster"] >= 0].groupby("photo_cluster"):
+        clusters.append(f"<div>cluster {cluster}: {len(members)} images, mean score "
+                        f"{members['photo_score'].mean():.2f}{_thumbs(manifest, pixels, members.index, 12)}</div>")
+    body = (f"<p>{int(scored['is_photo'].sum())} images flagged as photographs (dropped from the cleaned set).</p>"
+            f"{figure_tag(fig)}<h4>most photo-like</h4>{_thumbs(manifest, pixels, order.index[::-1])}"
+            f"<h4>least photo-like</h4>{_thumbs(manifest, pixels, order.index)}"
+            f"<h4>borderline (score near 0.5)</h4>{_thumbs(manifest, pixels, border)}"
+            f"<h4>HDBSCAN clusters</h4>{''.join(clusters)}")
+    return _section("photos", "Photos", body)
+
+
+def problems_section(manifest: pd.DataFrame) -> str:
+    """Unusable files with their reasons."""
+    bad = manifest[(manifest["cache_row"] < 0) | manifest["blank"].astype(bool)]
+    table = bad[["path", "status", "reason"]].assign(
+        reason=np.where(bad["blank"].astype(bool), "blank image", bad["reason"]))
+    return _section("problems", f"Problems ({len(table)} files)", table_tag(table.head(200)) if len(table) else "<p>none</p>")
+
+
+def write_report(path: str | Path, manifest: pd.DataFrame, pixels: np.ndarray, embeddings: np.ndarray,
+                 pairs: pd.DataFrame, classes: list[str], summary: dict) -> Path:
+    """Write the self-contained report.html of a curation run."""
+    overview = pd.Series({k: v for k, v in summary.items() if not isinstance(v, dict)}).to_frame("value")
+    sections = [
+        _section("overview", "Overview", table_tag(overview)),
+        class_section(manifest, classes, summary),
+        properties_section(manifest),
+        colour_section(manifest, pixels, classes),
+        embedding_section(manifest, embeddings),
+        duplicates_section(manifest, pixels, pairs, summary),
+        photos_section(manifest, pixels),
+        gallery_section(manifest, pixels, classes),
+        problems_section(manifest),
+    ]
+    nav = " · ".join(f'<a href="#{a}">{a}</a>' for a in
+                     ("overview", "classes", "properties", "colour", "embedding", "duplicates", "photos", "gallery", "problems"))
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>illustra curation report</title>"
+            f"<style>{STYLE}</style></head><body><h1>illustra curation report</h1><p>{nav}</p>{''.join(sections)}</body></html>")
+    atomic_write_text(Path(path), page)
+    return Path(path)

@@ -1,0 +1,159 @@
+"""`illustra curate`: every curation job against one manifest and one set of embeddings, written to one folder."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from illustra.curation.balance import balance_columns, class_counts
+from illustra.curation.duplicates import DuplicateSettings, find_duplicates
+from illustra.curation.photos import PhotoSettings, detect_photos, statistics_table
+from illustra.data.cache import CacheSpec, open_pixels
+from illustra.data.index import read_classes
+from illustra.data.manifest import save_manifest
+from illustra.ssl.jobs import embed_folder
+
+JOBS = ("duplicates", "photos", "report")
+
+
+@dataclass
+class CurationSettings:
+    """Everything the curate command needs besides paths (configs/curation.yaml)."""
+
+    duplicates: DuplicateSettings = field(default_factory=DuplicateSettings)
+    photos: PhotoSettings = field(default_factory=PhotoSettings)
+    drop_photos: bool = True
+    drop_duplicates: bool = True
+    drop_blank: bool = True
+
+    @classmethod
+    def from_dict(cls, raw: dict | None) -> CurationSettings:
+        """Settings from the YAML mapping."""
+        raw = dict(raw or {})
+        return cls(duplicates=DuplicateSettings.from_dict(raw.pop("duplicates", None)),
+                   photos=PhotoSettings.from_dict(raw.pop("photos", None)), **raw)
+
+
+def clean_mask(manifest: pd.DataFrame, settings: CurationSettings) -> pd.Series:
+    """Rows the cleaned training set keeps: usable, not blank, one per duplicate group, no photos, no ambiguous labels."""
+    keep = manifest["cache_row"] >= 0
+    if settings.drop_blank:
+        keep &= ~manifest["blank"].astype(bool)
+    if settings.drop_duplicates:
+        keep &= manifest["dup_keep"].astype(bool) & ~manifest["label_ambiguous"].astype(bool)
+    if settings.drop_photos:
+        keep &= ~manifest["is_photo"].astype(bool)
+    return keep
+
+
+def decide_label_conflicts(manifest: pd.DataFrame) -> pd.Series:
+    """A cross-class duplicate group keeps its keeper only if the keeper's class is the group's strict majority."""
+    ambiguous = pd.Series(False, index=manifest.index)
+    conflicted = manifest[manifest["dup_label_conflict"].astype(bool)]
+    for _, group in conflicted.groupby("dup_group"):
+        votes = group["class_folder"].value_counts()
+        keeper = group[group["dup_keep"].astype(bool)]
+        strict = len(votes) == 1 or votes.iloc[0] > votes.iloc[1]
+        if keeper.empty or not strict or keeper["class_folder"].iloc[0] != votes.index[0]:
+            ambiguous[group.index] = True
+    return ambiguous
+
+
+def curate(data: str | Path, out: str | Path, work: str | Path, encoder: str | Path,
+           settings: CurationSettings = CurationSettings(), spec: CacheSpec = CacheSpec(),
+           jobs: tuple[str, ...] = JOBS) -> dict:
+    """Run the curation jobs; write manifest.csv, duplicates.csv, photos.csv, problems.csv, clean.csv, report.html."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    started, timings = time.perf_counter(), {}
+    manifest, _ = embed_folder(data, encoder, out / "embeddings", work, spec)
+    embeddings = np.load(out / "embeddings" / "embeddings.npy")
+    pixels, classes = open_pixels(work, spec), read_classes(work)
+    timings["index+embed"] = time.perf_counter() - started
+    manifest = manifest.reset_index(drop=True)
+
+    step = time.perf_counter()
+    dup_columns, pairs = find_duplicates(manifest, pixels, embeddings, settings.duplicates)
+    manifest = manifest.join(dup_columns)
+    manifest["label_ambiguous"] = decide_label_conflicts(manifest)
+    timings["duplicates"] = time.perf_counter() - step
+
+    step = time.perf_counter()
+    if "photos" in jobs:
+        with tqdm(total=len(manifest), desc="photo statistics", unit="img", leave=False) as bar:
+            stats = statistics_table(data, manifest, settings.photos, bar)
+        photo_columns = detect_photos(stats, embeddings, settings.photos)
+        manifest = manifest.join(stats).join(photo_columns)
+    else:
+        manifest = manifest.assign(photo_score=np.nan, is_photo=False, photo_cluster=-1)
+    timings["photos"] = time.perf_counter() - step
+
+    manifest["clean"] = clean_mask(manifest, settings)
+    manifest = manifest.join(balance_columns(manifest[manifest["clean"]], classes).reindex(manifest.index))
+    manifest["decision"] = _decision(manifest)
+    _write_outputs(out, manifest, pairs)
+    summary = _summary(manifest, classes, pairs, timings, started)
+    (out / "curation.json").write_text(json.dumps({**summary, "settings": {
+        "duplicates": settings.duplicates.to_dict(), "photos": settings.photos.to_dict()}}, indent=2), encoding="utf-8")
+    if "report" in jobs:
+        from illustra.curation.report import write_report
+
+        step = time.perf_counter()
+        write_report(out / "report.html", manifest, pixels, embeddings, pairs, classes, summary)
+        summary["seconds"]["report"] = round(time.perf_counter() - step, 1)
+    return summary
+
+
+def _decision(manifest: pd.DataFrame) -> pd.Series:
+    """One human-readable decision per row (why it is in or out of the cleaned set)."""
+    decision = pd.Series("keep", index=manifest.index)
+    decision[manifest["is_photo"].astype(bool)] = "drop: photo"
+    decision[manifest["label_ambiguous"].astype(bool)] = "drop: duplicate group with conflicting labels"
+    decision[~manifest["dup_keep"].astype(bool)] = "drop: duplicate"
+    decision[manifest["blank"].astype(bool)] = "drop: blank image"
+    decision[manifest["cache_row"] < 0] = "drop: unreadable"
+    decision[manifest["clean"].astype(bool)] = "keep"
+    return decision
+
+
+def _write_outputs(out: Path, manifest: pd.DataFrame, pairs: pd.DataFrame) -> None:
+    """The files the issue names, all paths relative to DATA."""
+    save_manifest(manifest, out / "manifest.csv")
+    grouped = manifest[manifest["dup_group"] >= 0]
+    duplicates = pd.DataFrame({"path": grouped["path"], "group": grouped["dup_group"], "keep": grouped["dup_keep"],
+                               "reason": grouped["dup_reason"], "label_conflict": grouped["dup_label_conflict"]})
+    duplicates.sort_values(["group", "keep"], ascending=[True, False]).to_csv(out / "duplicates.csv", index=False)
+    pair_table = pairs.assign(a=manifest["path"].to_numpy()[pairs["a"]], b=manifest["path"].to_numpy()[pairs["b"]])
+    pair_table.to_csv(out / "duplicate_pairs.csv", index=False)
+    manifest[["path", "photo_score", "is_photo"]].to_csv(out / "photos.csv", index=False, float_format="%.4f")
+    problem_rows = manifest.loc[manifest["cache_row"] < 0, ["path", "reason"]]
+    blank = manifest[manifest["blank"].astype(bool)][["path"]].assign(reason="blank: almost no ink (< 0.2 % dark)")
+    pd.concat([problem_rows, blank]).to_csv(out / "problems.csv", index=False)
+    save_manifest(manifest[manifest["clean"]], out / "clean.csv")
+
+
+def _summary(manifest: pd.DataFrame, classes: list[str], pairs: pd.DataFrame, timings: dict, started: float) -> dict:
+    """Counts and timings of one curation run."""
+    clean = manifest[manifest["clean"]]
+    before = class_counts(manifest[manifest["cache_row"] >= 0], classes)
+    after = class_counts(clean, classes)
+    return {
+        "files": len(manifest), "usable": int((manifest["cache_row"] >= 0).sum()),
+        "blank": int(manifest["blank"].sum()),
+        "duplicate_groups": int(manifest.loc[manifest["dup_group"] >= 0, "dup_group"].nunique()),
+        "duplicate_copies_dropped": int((~manifest["dup_keep"].astype(bool)).sum()),
+        "label_conflict_groups": int(manifest.loc[manifest["dup_label_conflict"].astype(bool), "dup_group"].nunique()),
+        "label_ambiguous_rows": int(manifest["label_ambiguous"].sum()),
+        "duplicate_pairs": {str(k): int(v) for k, v in pairs["kind"].value_counts().items()},
+        "photos": int(manifest["is_photo"].sum()), "clean": len(clean),
+        "class_counts_before": before.to_dict(), "class_counts_after": after.to_dict(),
+        "imbalance_before": round(float(before.max() / max(before[before > 0].min(), 1)), 2),
+        "imbalance_after": round(float(after.max() / max(after[after > 0].min(), 1)), 2),
+        "seconds": {k: round(v, 1) for k, v in {**timings, "total": time.perf_counter() - started}.items()},
+    }
