@@ -111,7 +111,8 @@ def main() -> None:
           f"(pixel cache already built by `illustra scan`)")
     for kind in sorted(set(kinds.values())):
         members = {p for p, k in kinds.items() if k == kind}
-        print(f"   recall {kind:<22} {len(members & predicted):>4}/{len(members):<4} = {len(members & predicted) / len(members):.3f}")
+        found = len(members & predicted)
+        print(f"   recall {kind:<22} {found:>4}/{len(members):<4} = {found / len(members):.3f}")
     false = predicted - truth
     print(f"   false pairs {len(false)}; of them inside one emoji/clipart family is not knowable here - see RESULTS.md")
     if not args.skip_plain:

@@ -9,12 +9,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 SHIPPED_ENCODER = "checkpoints/encoder.safetensors"
+SHIPPED_CLASSIFIER = "checkpoints/classifier.safetensors"
 
 # Commands whose stage is not built yet: the issue that brings each one.
 PENDING = {
-    "finetune": ("train the linear head / fine-tune on the cleaned, balanced set", 6),
-    "evaluate": ("classification report of a weights file on a class-folder tree", 6),
-    "predict": ("class and probability for single images", 6),
     "experiment": ("run an experiment plan and write its analysis report", 7),
 }
 
@@ -113,6 +111,75 @@ def _cmd_curate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_finetune(args: argparse.Namespace) -> int:
+    """Fine-tune the classifier on a curation run's cleaned, balanced set."""
+    from illustra.config import load_config
+    from illustra.finetune.jobs import finetune_folder
+    from illustra.finetune.train import FinetuneConfig
+    from illustra.ssl.jobs import parse_duration
+
+    raw = load_config(args.config, args.set)
+    if args.time_budget:
+        raw["time_budget_s"] = parse_duration(args.time_budget)
+    if args.from_scratch:
+        raw["mode"] = "scratch"
+    config = FinetuneConfig.from_dict(raw)
+    summary = finetune_folder(args.curation, args.out, args.work, config, args.encoder, _data_cache_spec(),
+                              resume=args.resume, final_on_all=args.all)
+    last = summary["history"][-1] if summary["history"] else {}
+    print(f"mode {config.mode}: {summary['epochs']} epochs in {summary['seconds']} s; last epoch {last}")
+    if "test_macro_f1" in summary:
+        print(f"held-out test: macro F1 {summary['test_macro_f1']:.4f}, micro F1 {summary['test_micro_f1']:.4f} "
+              f"(split sizes {summary['split_sizes']})")
+    print(f"wrote {Path(args.out) / 'classifier.safetensors'}; TensorBoard: tensorboard --logdir {Path(args.out) / 'tb'}")
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    """The submission contract: classification report of a weights file on a class-folder tree."""
+    import json
+
+    from illustra.finetune.jobs import UnknownClassError, evaluate_folder, save_confusion
+
+    if not Path(args.weights).is_file():
+        print(f"evaluate: weights file not found: {args.weights}", file=sys.stderr)
+        return 2
+    try:
+        result = evaluate_folder(args.data, args.weights)
+    except (UnknownClassError, FileNotFoundError) as exc:
+        print(f"evaluate: {exc}", file=sys.stderr)
+        return 2
+    for item in result["unreadable"] + result["skipped"]:
+        print(f"skipped {item['path']}: {item['reason']}", file=sys.stderr)
+    print(result["report"])
+    print(f"macro F1: {result['macro_f1']:.4f}")
+    print(f"micro F1: {result['micro_f1']:.4f}")
+    print(f"weighted F1: {result['weighted_f1']:.4f}")
+    print(f"images: {result['images']}, evaluated: {result['evaluated']}, unreadable: {len(result['unreadable'])}, "
+          f"{result['images_per_second']} images/s")
+    if args.json:
+        Path(args.json).write_text(json.dumps({k: result[k] for k in (
+            "macro_f1", "micro_f1", "weighted_f1", "per_class", "images", "evaluated", "unreadable", "confusion",
+            "classes", "labels")}, indent=2), encoding="utf-8")
+    if args.confusion:
+        save_confusion(result, args.confusion)
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    """Class and probability for single images."""
+    from illustra.finetune.jobs import predict_paths
+
+    failed = 0
+    for item in predict_paths(args.weights, args.images):
+        if "error" in item:
+            failed += 1
+            print(f"{item['path']}\terror: {item['error']}")
+        else:
+            print(f"{item['path']}\t{item['class']}\t{item['probability']:.4f}")
+    return 1 if failed == len(args.images) else 0
+
+
 def _data_cache_spec():
     """The pixel cache the stage reads (from configs/data.yaml)."""
     from illustra.config import load_config
@@ -186,13 +253,22 @@ def _cmd_pipeline(args: argparse.Namespace) -> int:
         if code != 0:
             print(f"pipeline stopped: `illustra {' '.join(argv)}` exited {code}", file=sys.stderr)
             return code
+    classifier = Path(SHIPPED_CLASSIFIER)
     steps_after = [("curate", ["curate", data, "--out", str(out / "curation"), "--encoder", str(encoder), "--work", work])]
+    if args.retrain or not classifier.exists():
+        classifier = out / "finetune" / "classifier.safetensors"
+        steps_after.append(("finetune", ["finetune", "--curation", str(out / "curation"), "--out", str(out / "finetune"),
+                                         "--encoder", str(encoder), "--work", work, "--time-budget", args.finetune_budget]))
+    steps_after.append(("evaluate", ["evaluate", "--data", data, "--weights", str(classifier),
+                                     "--json", str(out / "evaluation.json")]))
     for label, argv in steps_after:
         print(f"\n== illustra {label}", flush=True)
         code = main(argv)
         if code != 0:
             print(f"pipeline stopped: `illustra {' '.join(argv)}` exited {code}", file=sys.stderr)
             return code
+    print("note: the evaluation above runs on the whole benchmark folder, which includes the classifier's training "
+          "images; the held-out figures are in benchmarks/RESULTS.md")
     pending = [name for name in ("finetune", "evaluate") if name in PENDING]
     print(f"\npipeline done in {time.perf_counter() - started:.0f} s; outputs under {out}/")
     if pending:
@@ -265,6 +341,29 @@ def build_parser() -> argparse.ArgumentParser:
                         help="run only these jobs (repeatable); duplicates always run")
     curate.set_defaults(run=_cmd_curate)
 
+    finetune = commands.add_parser("finetune", help="linear head / full fine-tune on the cleaned, balanced set")
+    finetune.add_argument("--curation", required=True, help="folder written by `illustra curate` (clean.csv)")
+    finetune.add_argument("--out", required=True, help="run folder: classifier.safetensors, checkpoint, tb/, metrics.json")
+    finetune.add_argument("--data", help="the data folder (for the record; pixels come from --work)")
+    finetune.add_argument("--encoder", default=SHIPPED_ENCODER)
+    finetune.add_argument("--work", default="work/index")
+    finetune.add_argument("--config", default="finetune.yaml")
+    finetune.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    finetune.add_argument("--time-budget", help="e.g. 10m")
+    finetune.add_argument("--from-scratch", action="store_true", help="random encoder init, same recipe")
+    finetune.add_argument("--resume", action="store_true")
+    finetune.add_argument("--all", action="store_true", help="train on every cleaned image (no test score)")
+    finetune.set_defaults(run=_cmd_finetune)
+
+    evaluate = commands.add_parser("evaluate", help="classification report of a weights file on a class-folder tree")
+    add_evaluate_arguments(evaluate)
+    evaluate.set_defaults(run=_cmd_evaluate)
+
+    predict = commands.add_parser("predict", help="class and probability per image")
+    predict.add_argument("--weights", default="checkpoints/classifier.safetensors")
+    predict.add_argument("images", nargs="+")
+    predict.set_defaults(run=_cmd_predict)
+
     for name, (summary, issue) in PENDING.items():
         stub = commands.add_parser(name, help=f"{summary} [not built yet: issue #{issue}]")
         if name == "evaluate":
@@ -278,6 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
     pipeline.add_argument("--seed", type=int, default=0)
     pipeline.add_argument("--retrain", action="store_true", help="retrain everything instead of reusing checkpoints/")
     pipeline.add_argument("--ssl-budget", default="25m", help="time budget of SSL pretraining with --retrain")
+    pipeline.add_argument("--finetune-budget", default="10m", help="time budget of fine-tuning with --retrain")
     pipeline.set_defaults(run=_cmd_pipeline)
     return parser
 

@@ -1,0 +1,177 @@
+"""Folder-level jobs behind `illustra finetune`, `illustra evaluate` and `illustra predict` (plain functions)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from sklearn.metrics import classification_report, confusion_matrix, f1_score
+
+from illustra.data.cache import CacheSpec, open_pixels
+from illustra.data.imageio import load_image
+from illustra.data.index import read_classes
+from illustra.data.manifest import load_manifest, save_manifest
+from illustra.data.scan import scan_dataset
+from illustra.finetune.model import load_classifier, predict_proba, prepare
+from illustra.finetune.split import leaking_groups, split_manifest
+from illustra.finetune.train import CLASSIFIER, FinetuneConfig, finetune
+from illustra.ssl.jobs import preprocessing_of
+from illustra.ssl.pretrain import pick_device
+
+
+class UnknownClassError(ValueError):
+    """An evaluation folder whose name the model does not know."""
+
+
+def split_table(curation: str | Path, seed: int = 0) -> pd.DataFrame:
+    """The cleaned manifest of a curation run with a `split` column (train / val / test, no group leakage)."""
+    clean = load_manifest(Path(curation) / "clean.csv").reset_index(drop=True)
+    clean["split"] = split_manifest(clean, seed)
+    leaks = leaking_groups(clean, clean["split"])
+    if leaks:
+        raise RuntimeError(f"duplicate groups straddle splits: {leaks[:5]}")
+    return clean
+
+
+def finetune_folder(curation: str | Path, out: str | Path, work: str | Path, config: FinetuneConfig,
+                    encoder: str | Path | None, spec: CacheSpec = CacheSpec(), resume: bool = False,
+                    progress: bool = True, final_on_all: bool = False, max_steps: int | None = None) -> dict:
+    """Split the cleaned set, fine-tune on train (val for monitoring), score test once; write RUN/*.
+
+    With `final_on_all`, train on train+val+test (the shipped model): the test score is then not reported.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    table = split_table(curation, config.seed)
+    save_manifest(table, out / "split.csv")
+    classes = read_classes(work)
+    pixels = open_pixels(work, spec)
+    parts = {name: table[table["split"] == name] for name in ("train", "val", "test")}
+    train = table if final_on_all else parts["train"]
+
+    def arrays(rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        order = np.argsort(rows["cache_row"].to_numpy())
+        return np.asarray(pixels[rows["cache_row"].to_numpy()[order]]), rows["class_id"].to_numpy()[order]
+
+    train_x, train_y = arrays(train)
+    val_x, val_y = arrays(parts["val"])
+    input_size = config.encoder.input_size if config.mode == "scratch" or encoder is None else None
+    if input_size is None:
+        from illustra.weights import read_metadata
+
+        input_size = int(read_metadata(encoder)["architecture"]["input_size"])
+    summary = finetune(train_x, train_y, val_x, val_y, classes, out, config, preprocessing_of(spec, input_size),
+                       encoder, resume=resume, progress=progress, max_steps=max_steps)
+    summary["split_sizes"] = {k: len(v) for k, v in parts.items()}
+    if not final_on_all:
+        test_x, test_y = arrays(parts["test"])
+        model, _ = load_classifier(out / CLASSIFIER, pick_device())
+        predicted = predict_proba(model, torch.from_numpy(test_x), input_size).argmax(1)
+        summary["test_macro_f1"] = float(f1_score(test_y, predicted, average="macro"))
+        summary["test_micro_f1"] = float(f1_score(test_y, predicted, average="micro"))
+        summary["test_per_class_f1"] = dict(zip(classes, f1_score(test_y, predicted, average=None,
+                                                                   labels=list(range(len(classes))), zero_division=0).tolist()))
+    (out / "metrics.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    return summary
+
+
+def collect_folder(data: str | Path, known: list[str]) -> tuple[list[str], list[int], list[tuple[str, str]]]:
+    """(paths, class ids by folder name, skipped (path, reason)) of an evaluation tree; unknown folders are an error."""
+    scan = scan_dataset(data)
+    unknown = [folder for folder in scan.classes if folder not in known]
+    if unknown:
+        raise UnknownClassError(f"class folder(s) the model does not know: {', '.join(unknown)} "
+                                f"(the model knows {len(known)}: {', '.join(known)})")
+    index = {name: i for i, name in enumerate(known)}
+    return ([f.path for f in scan.files], [index[f.class_folder] for f in scan.files], list(scan.skipped))
+
+
+def predict_files(model, meta: dict, root: Path, paths: list[str], batch: int = 256
+                  ) -> tuple[np.ndarray, list[int], list[tuple[str, str]]]:
+    """Probabilities of every readable file, the positions that were read, and (path, reason) for the rest."""
+    probabilities, readable, bad = [], [], []
+    preprocessing = meta["preprocessing"]
+    input_size = int(preprocessing["input_size"])
+    for start in range(0, len(paths), batch):
+        images, positions = [], []
+        for position in range(start, min(start + batch, len(paths))):
+            result = load_image(root / paths[position])
+            if result.image is None:
+                bad.append((paths[position], result.reason))
+            else:
+                images.append(result.image)
+                positions.append(position)
+        if images:
+            probabilities.append(predict_proba(model, prepare(images, preprocessing), input_size))
+            readable += positions
+    classes = len(meta["classes"])
+    return (np.concatenate(probabilities) if probabilities else np.zeros((0, classes))), readable, bad
+
+
+def evaluate_folder(data: str | Path, weights: str | Path) -> dict:
+    """Classify every image of a class-folder tree; the report's numbers, keyed as in `--json`."""
+    started = time.perf_counter()
+    model, meta = load_classifier(weights, pick_device())
+    classes = list(meta["classes"])
+    paths, labels, skipped = collect_folder(data, classes)
+    probabilities, readable, bad = predict_files(model, meta, Path(data), paths)
+    y_true = np.asarray(labels)[readable]
+    y_pred = probabilities.argmax(1) if len(readable) else np.zeros(0, int)
+    present = sorted(set(y_true.tolist()) | set(y_pred.tolist()))
+    names = [classes[i] for i in present]
+    report = classification_report(y_true, y_pred, labels=present, target_names=names, digits=4, zero_division=0) \
+        if len(y_true) else "no readable images\n"
+    per_class = f1_score(y_true, y_pred, labels=present, average=None, zero_division=0) if len(y_true) else []
+    seconds = time.perf_counter() - started
+    return {
+        "report": report, "classes": classes, "labels": present,
+        "macro_f1": float(f1_score(y_true, y_pred, average="macro", labels=present, zero_division=0)) if len(y_true) else 0.0,
+        "micro_f1": float(f1_score(y_true, y_pred, average="micro")) if len(y_true) else 0.0,
+        "weighted_f1": float(f1_score(y_true, y_pred, average="weighted", zero_division=0)) if len(y_true) else 0.0,
+        "per_class": {name: float(v) for name, v in zip(names, per_class)},
+        "images": len(paths), "evaluated": int(len(y_true)),
+        "unreadable": [{"path": p, "reason": r} for p, r in bad],
+        "skipped": [{"path": p, "reason": r} for p, r in skipped],
+        "confusion": confusion_matrix(y_true, y_pred, labels=present).tolist() if len(y_true) else [],
+        "seconds": round(seconds, 2), "images_per_second": round(len(paths) / max(seconds, 1e-9), 1),
+    }
+
+
+def save_confusion(result: dict, path: str | Path) -> None:
+    """Confusion matrix of an evaluation as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    matrix = np.asarray(result["confusion"])
+    names = [result["classes"][i] for i in result["labels"]]
+    fig, ax = plt.subplots(figsize=(1 + 0.45 * len(names), 1 + 0.45 * len(names)))
+    ax.imshow(matrix, cmap="Blues")
+    ax.set_xticks(range(len(names)), names, rotation=90)
+    ax.set_yticks(range(len(names)), names)
+    ax.set(xlabel="predicted", ylabel="true", title=f"macro F1 {result['macro_f1']:.4f}")
+    for (i, j), value in np.ndenumerate(matrix):
+        if value:
+            ax.text(j, i, str(value), ha="center", va="center", fontsize=7)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+
+
+def predict_paths(weights: str | Path, images: list[str]) -> list[dict]:
+    """Top class and probability for each image path (unreadable files carry their reason)."""
+    model, meta = load_classifier(weights, pick_device())
+    probabilities, readable, bad = predict_files(model, meta, Path("."), images)
+    reasons = dict(bad)
+    out, row = [], {p: i for i, p in enumerate(readable)}
+    for position, path in enumerate(images):
+        if position in row:
+            p = probabilities[row[position]]
+            out.append({"path": path, "class": meta["classes"][int(p.argmax())], "probability": float(p.max())})
+        else:
+            out.append({"path": path, "error": reasons.get(path, "unreadable")})
+    return out

@@ -1,0 +1,63 @@
+"""The classifier: our encoder + a linear head, saved as one safetensors file with everything needed to evaluate."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from illustra.data.cache import CacheSpec, fit_square
+from illustra.ssl.augment import normalise, resize_batch, to_float
+from illustra.ssl.encoder import Encoder, EncoderConfig
+from illustra.weights import load_weights, save_weights, with_prefix
+
+
+class Classifier(nn.Module):
+    """Encoder features -> linear head over the class folders."""
+
+    def __init__(self, encoder: Encoder, classes: int) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.head = nn.Linear(encoder.feature_dim, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encoder(x))
+
+
+def save_classifier(path: str | Path, model: Classifier, classes: list[str], architecture: dict, preprocessing: dict,
+                    training: dict) -> Path:
+    """encoder.* + head.* tensors; class folder names in model order, preprocessing and architecture in metadata."""
+    tensors = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    return save_weights(path, tensors, {"illustra_kind": "classifier", "classes": classes, "architecture": architecture,
+                                        "preprocessing": preprocessing, "training": training})
+
+
+def load_classifier(path: str | Path, device: str | torch.device = "cpu") -> tuple[Classifier, dict]:
+    """Rebuild a classifier from its weights file alone (no pickle); eval mode."""
+    tensors, meta = load_weights(path, device)
+    if meta.get("illustra_kind") != "classifier" or "classes" not in meta:
+        raise ValueError(f"{path} is not an illustra classifier (metadata illustra_kind={meta.get('illustra_kind')!r})")
+    model = Classifier(Encoder(EncoderConfig(**meta["architecture"])), len(meta["classes"])).to(device)
+    model.encoder.load_state_dict(with_prefix(tensors, "encoder"))
+    model.head.load_state_dict(with_prefix(tensors, "head"))
+    return model.eval(), meta
+
+
+def prepare(images: list[Image.Image], preprocessing: dict) -> torch.Tensor:
+    """RGB images -> the uint8 (N, S, S, 3) squares the model was trained on (same fit as the pixel cache)."""
+    spec = CacheSpec(size=int(preprocessing["cache_size"]), policy=preprocessing["cache_policy"])
+    return torch.from_numpy(np.stack([fit_square(image, spec) for image in images]))
+
+
+@torch.no_grad()
+def predict_proba(model: Classifier, squares: torch.Tensor, input_size: int, batch_size: int = 256) -> np.ndarray:
+    """Class probabilities for uint8 squares (N, S, S, 3)."""
+    device = next(model.parameters()).device
+    out = []
+    for start in range(0, len(squares), batch_size):
+        batch = normalise(resize_batch(to_float(squares[start:start + batch_size].to(device)), input_size))
+        out.append(torch.softmax(model(batch).float(), 1).cpu())
+    return torch.cat(out).numpy() if out else np.zeros((0, len(model.head.bias)), np.float32)
