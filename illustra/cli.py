@@ -246,6 +246,16 @@ def _cmd_pipeline(args: argparse.Namespace) -> int:
         print(f"reusing the shipped encoder {encoder} (pass --retrain to pretrain it again)")
     steps.append(("embed", ["embed", "--data", data, "--encoder", str(encoder), "--out", str(out / "embeddings"),
                             "--work", work]))
+    classifier = Path(SHIPPED_CLASSIFIER)
+    steps.append(("curate", ["curate", data, "--out", str(out / "curation"), "--encoder", str(encoder), "--work", work]))
+    if args.retrain or not classifier.exists():
+        classifier = out / "finetune" / "classifier.safetensors"
+        steps.append(("finetune", ["finetune", "--curation", str(out / "curation"), "--out", str(out / "finetune"),
+                                   "--encoder", str(encoder), "--work", work, "--time-budget", args.finetune_budget]))
+    else:
+        print(f"reusing the shipped classifier {classifier} (pass --retrain to fine-tune it again)")
+    steps.append(("evaluate", ["evaluate", "--data", data, "--weights", str(classifier),
+                               "--json", str(out / "evaluation.json")]))
     started = time.perf_counter()
     for label, argv in steps:
         print(f"\n== illustra {label}", flush=True)
@@ -253,26 +263,12 @@ def _cmd_pipeline(args: argparse.Namespace) -> int:
         if code != 0:
             print(f"pipeline stopped: `illustra {' '.join(argv)}` exited {code}", file=sys.stderr)
             return code
-    classifier = Path(SHIPPED_CLASSIFIER)
-    steps_after = [("curate", ["curate", data, "--out", str(out / "curation"), "--encoder", str(encoder), "--work", work])]
-    if args.retrain or not classifier.exists():
-        classifier = out / "finetune" / "classifier.safetensors"
-        steps_after.append(("finetune", ["finetune", "--curation", str(out / "curation"), "--out", str(out / "finetune"),
-                                         "--encoder", str(encoder), "--work", work, "--time-budget", args.finetune_budget]))
-    steps_after.append(("evaluate", ["evaluate", "--data", data, "--weights", str(classifier),
-                                     "--json", str(out / "evaluation.json")]))
-    for label, argv in steps_after:
-        print(f"\n== illustra {label}", flush=True)
-        code = main(argv)
-        if code != 0:
-            print(f"pipeline stopped: `illustra {' '.join(argv)}` exited {code}", file=sys.stderr)
-            return code
     print("note: the evaluation above runs on the whole benchmark folder, which includes the classifier's training "
           "images; the held-out figures are in benchmarks/RESULTS.md")
-    pending = [name for name in ("finetune", "evaluate") if name in PENDING]
     print(f"\npipeline done in {time.perf_counter() - started:.0f} s; outputs under {out}/")
+    pending = [f"{name} (issue #{issue})" for name, (_, issue) in PENDING.items()]
     if pending:
-        print("stages not built yet (skipped): " + ", ".join(f"{n} (issue #{PENDING[n][1]})" for n in pending))
+        print("commands not built yet: " + ", ".join(pending))
     return 0
 
 

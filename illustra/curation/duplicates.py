@@ -267,11 +267,10 @@ def find_duplicates(manifest: pd.DataFrame, pixels: np.ndarray, embeddings: np.n
     candidates = _ordered_pairs(*np.concatenate([hashed, embedded, exact]).T) if len(hashed) + len(embedded) + len(
         exact) else np.zeros((0, 2), np.int64)
     candidates = candidates[~blank[candidates[:, 0]] & ~blank[candidates[:, 1]]]
-    source = _candidate_source(candidates, hashed, embedded, exact)
+    source = _candidate_source(candidates, hashed, embedded, exact, len(usable))
     is_exact = np.isin(_pair_keys(candidates, len(usable)), _pair_keys(exact, len(usable)))
-    residual = np.zeros(len(candidates), np.float32)
+    residual = np.zeros(len(candidates), np.float32)  # identical pixels: residual 0
     check = ~is_exact
-    residual[~check] = 0.0
     coarse = coarse_difference(images, candidates[check])
     survivors = np.flatnonzero(check)[coarse <= settings.prefilter]
     residual[np.flatnonzero(check)] = np.inf
@@ -301,15 +300,13 @@ def _pair_keys(pairs: np.ndarray, count: int) -> np.ndarray:
     return pairs[:, 0].astype(np.int64) * count + pairs[:, 1] if len(pairs) else np.zeros(0, np.int64)
 
 
-def _candidate_source(candidates: np.ndarray, hashed: np.ndarray, embedded: np.ndarray, exact: np.ndarray) -> np.ndarray:
-    """Which candidate generator proposed each pair."""
-    count = int(candidates.max()) + 1 if len(candidates) else 1
+def _candidate_source(candidates: np.ndarray, hashed: np.ndarray, embedded: np.ndarray, exact: np.ndarray,
+                      count: int) -> np.ndarray:
+    """Which candidate generator proposed each pair: both | hash | embedding | pixels (identical pixels only)."""
     keys = _pair_keys(candidates, count)
-    in_hash = np.isin(keys, _pair_keys(hashed[hashed.max(1) < count] if len(hashed) else hashed, count))
-    in_emb = np.isin(keys, _pair_keys(embedded[embedded.max(1) < count] if len(embedded) else embedded, count))
-    in_exact = np.isin(keys, _pair_keys(exact[exact.max(1) < count] if len(exact) else exact, count))
-    source = np.where(in_hash & in_emb, "both", np.where(in_hash, "hash", np.where(in_emb, "embedding", "pixels")))
-    return np.where(in_exact & ~in_hash & ~in_emb, "pixels", source)
+    in_hash = np.isin(keys, _pair_keys(hashed, count))
+    in_emb = np.isin(keys, _pair_keys(embedded, count))
+    return np.where(in_hash & in_emb, "both", np.where(in_hash, "hash", np.where(in_emb, "embedding", "pixels")))
 
 
 def _row_columns(manifest: pd.DataFrame, usable: np.ndarray, blank: np.ndarray, pairs: pd.DataFrame) -> pd.DataFrame:

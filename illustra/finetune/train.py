@@ -21,7 +21,7 @@ from sklearn.metrics import f1_score
 from torch import nn
 from tqdm import tqdm
 
-from illustra.curation.balance import class_counts, class_weights, epoch_indices
+from illustra.curation.balance import class_weights, epoch_indices
 from illustra.finetune.model import Classifier, predict_proba, save_classifier
 from illustra.ssl.augment import ViewConfig, make_view, to_float
 from illustra.ssl.encoder import Encoder, EncoderConfig
@@ -284,4 +284,3 @@ def _writer(run_dir: Path):
     return SummaryWriter(str(run_dir / "tb"))
 
 
-__all__ = ["FinetuneConfig", "finetune", "class_counts"]
