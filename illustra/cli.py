@@ -5,27 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 SHIPPED_ENCODER = "checkpoints/encoder.safetensors"
 SHIPPED_CLASSIFIER = "checkpoints/classifier.safetensors"
-
-# Commands whose stage is not built yet: the issue that brings each one.
-PENDING = {
-    "experiment": ("run an experiment plan and write its analysis report", 7),
-}
-
-
-def _not_built(name: str) -> Callable[[argparse.Namespace], int]:
-    """A command that says honestly that it is not built yet, and fails."""
-
-    def run(_: argparse.Namespace) -> int:
-        print(f"illustra {name}: not built yet (tracked in issue #{PENDING[name][1]}).", file=sys.stderr)
-        return 2
-
-    return run
-
 
 def _cmd_scan(args: argparse.Namespace) -> int:
     """Scan a data folder, decode every image once, write manifest + pixel cache."""
@@ -180,6 +163,24 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 1 if failed == len(args.images) else 0
 
 
+def _cmd_experiment(args: argparse.Namespace) -> int:
+    """Run an experiment plan (resumable) and write summary.csv, analysis.json and report.html."""
+    from illustra.experiments.plan import load_plan
+    from illustra.experiments.runner import run_plan
+
+    plan = load_plan(args.plan, "quick" if args.quick else args.variant)
+    if args.encoder:
+        plan.encoder_weights = args.encoder
+    started = time.perf_counter()
+    summary = run_plan(plan, args.out, args.curation, args.work, _data_cache_spec(), progress=not args.no_progress,
+                       only=args.only)
+    analysis = __import__("json").loads((Path(args.out) / "analysis.json").read_text(encoding="utf-8"))
+    print("\n".join(analysis["text"]))
+    print(f"{len(summary)} runs in {time.perf_counter() - started:.0f} s; "
+          f"wrote {Path(args.out) / 'summary.csv'} and {Path(args.out) / 'report.html'}")
+    return 0
+
+
 def _data_cache_spec():
     """The pixel cache the stage reads (from configs/data.yaml)."""
     from illustra.config import load_config
@@ -266,9 +267,6 @@ def _cmd_pipeline(args: argparse.Namespace) -> int:
     print("note: the evaluation above runs on the whole benchmark folder, which includes the classifier's training "
           "images; the held-out figures are in benchmarks/RESULTS.md")
     print(f"\npipeline done in {time.perf_counter() - started:.0f} s; outputs under {out}/")
-    pending = [f"{name} (issue #{issue})" for name, (_, issue) in PENDING.items()]
-    if pending:
-        print("commands not built yet: " + ", ".join(pending))
     return 0
 
 
@@ -360,13 +358,17 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("images", nargs="+")
     predict.set_defaults(run=_cmd_predict)
 
-    for name, (summary, issue) in PENDING.items():
-        stub = commands.add_parser(name, help=f"{summary} [not built yet: issue #{issue}]")
-        if name == "evaluate":
-            add_evaluate_arguments(stub)
-        else:
-            stub.add_argument("rest", nargs=argparse.REMAINDER)
-        stub.set_defaults(run=_not_built(name))
+    experiment = commands.add_parser("experiment", help="run an experiment plan: summary.csv + analysed report.html")
+    experiment.add_argument("plan", nargs="?", default="experiments.yaml", help="plan YAML (default configs/experiments.yaml)")
+    experiment.add_argument("--out", required=True, help="folder: runs/<name>/, summary.csv, analysis.json, report.html")
+    experiment.add_argument("--curation", default="work/curation", help="folder written by `illustra curate`")
+    experiment.add_argument("--work", default="work/index")
+    experiment.add_argument("--encoder", help="encoder weights for the runs that do not name their own")
+    experiment.add_argument("--variant", help="a named variant of the plan (its `variants:` section), e.g. hour")
+    experiment.add_argument("--quick", action="store_true", help="the plan's quick variant (minutes); = --variant quick")
+    experiment.add_argument("--only", action="append", help="only these runs or factors (repeatable)")
+    experiment.add_argument("--no-progress", action="store_true")
+    experiment.set_defaults(run=_cmd_experiment)
 
     pipeline = commands.add_parser("pipeline", help="main job: bench build -> scan -> every stage that exists")
     pipeline.add_argument("--out", default="work", help="folder for every output (default work/)")

@@ -37,16 +37,64 @@ def split_table(curation: str | Path, seed: int = 0) -> pd.DataFrame:
     return clean
 
 
+DATA_VARIANTS = {"duplicates": ("removed", "kept"), "photos": ("removed", "kept", "random-drop")}
+
+
+def training_table(curation: str | Path, split_seed: int = 0, duplicates: str = "removed", photos: str = "removed",
+                   seed: int = 0) -> pd.DataFrame:
+    """The clean split, with curation decisions undone on the train side only (val / test stay clean and fixed).
+
+    duplicates="kept" adds back every dropped copy whose group is not in val / test (no leakage);
+    photos="kept" adds back the detected photos; photos="random-drop" adds them back, then drops the
+    same number of random train rows: the control that tells "removing photos" from "removing images".
+    """
+    if duplicates not in DATA_VARIANTS["duplicates"] or photos not in DATA_VARIANTS["photos"]:
+        raise ValueError(f"unknown data variant duplicates={duplicates!r} photos={photos!r}; known: {DATA_VARIANTS}")
+    table = split_table(curation, split_seed)
+    if duplicates == "removed" and photos == "removed":
+        return table
+    manifest = load_manifest(Path(curation) / "manifest.csv").reset_index(drop=True)
+    held_out = set(table.loc[(table["split"] != "train") & (table["dup_group"] >= 0), "dup_group"])
+    usable = manifest[(manifest["cache_row"] >= 0) & ~manifest["blank"].astype(bool) & ~manifest["clean"].astype(bool)
+                      & ~manifest["dup_group"].isin(held_out)]
+    is_photo = usable["is_photo"].astype(bool)
+    extra = []
+    if duplicates == "kept":
+        extra.append(usable[~is_photo])
+    added_photos = usable[is_photo] if duplicates == "kept" else usable[is_photo & usable["dup_keep"].astype(bool)]
+    if photos != "removed":
+        extra.append(added_photos)
+    table = pd.concat([table, *[rows.assign(split="train") for rows in extra]], ignore_index=True)
+    if photos == "random-drop":
+        train = table.index[table["split"] == "train"].to_numpy()
+        dropped = np.random.default_rng(seed).choice(train, size=min(len(added_photos), len(train)), replace=False)
+        table = table.drop(index=dropped).reset_index(drop=True)
+    return table
+
+
+def resolved_input_size(config: FinetuneConfig, encoder: str | Path | None) -> int:
+    """The input size a run trains and predicts at: the override, else scratch config, else the encoder's."""
+    if config.input_size:
+        return int(config.input_size)
+    if config.mode == "scratch" or encoder is None:
+        return config.encoder.input_size
+    from illustra.weights import read_metadata
+
+    return int(read_metadata(encoder)["architecture"]["input_size"])
+
+
 def finetune_folder(curation: str | Path, out: str | Path, work: str | Path, config: FinetuneConfig,
                     encoder: str | Path | None, spec: CacheSpec = CacheSpec(), resume: bool = False,
-                    progress: bool = True, final_on_all: bool = False, max_steps: int | None = None) -> dict:
+                    progress: bool = True, final_on_all: bool = False, max_steps: int | None = None,
+                    table: pd.DataFrame | None = None) -> dict:
     """Split the cleaned set, fine-tune on train (val for monitoring), score test once; write RUN/*.
 
+    `table` (a manifest with a `split` column, e.g. from `training_table`) replaces the default clean split.
     With `final_on_all`, train on train+val+test (the shipped model): the test score is then not reported.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    table = split_table(curation, config.seed)
+    table = split_table(curation, config.seed) if table is None else table
     save_manifest(table, out / "split.csv")
     classes = read_classes(work)
     pixels = open_pixels(work, spec)
@@ -54,16 +102,14 @@ def finetune_folder(curation: str | Path, out: str | Path, work: str | Path, con
     train = table if final_on_all else parts["train"]
 
     def arrays(rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-        order = np.argsort(rows["cache_row"].to_numpy())
+        order = np.argsort(rows["cache_row"].to_numpy(), kind="stable")
         return np.asarray(pixels[rows["cache_row"].to_numpy()[order]]), rows["class_id"].to_numpy()[order]
 
     train_x, train_y = arrays(train)
     val_x, val_y = arrays(parts["val"])
-    input_size = config.encoder.input_size if config.mode == "scratch" or encoder is None else None
-    if input_size is None:
-        from illustra.weights import read_metadata
-
-        input_size = int(read_metadata(encoder)["architecture"]["input_size"])
+    input_size = resolved_input_size(config, encoder)
+    if input_size > spec.size:
+        raise ValueError(f"input_size {input_size} is larger than the {spec.size} px pixel cache")
     summary = finetune(train_x, train_y, val_x, val_y, classes, out, config, preprocessing_of(spec, input_size),
                        encoder, resume=resume, progress=progress, max_steps=max_steps)
     summary["split_sizes"] = {k: len(v) for k, v in parts.items()}
@@ -71,10 +117,12 @@ def finetune_folder(curation: str | Path, out: str | Path, work: str | Path, con
         test_x, test_y = arrays(parts["test"])
         model, _ = load_classifier(out / CLASSIFIER, pick_device())
         predicted = predict_proba(model, torch.from_numpy(test_x), input_size).argmax(1)
-        summary["test_macro_f1"] = float(f1_score(test_y, predicted, average="macro"))
+        labels = list(range(len(classes)))
+        summary["test_macro_f1"] = float(f1_score(test_y, predicted, average="macro", labels=labels, zero_division=0))
         summary["test_micro_f1"] = float(f1_score(test_y, predicted, average="micro"))
-        summary["test_per_class_f1"] = dict(zip(classes, f1_score(test_y, predicted, average=None,
-                                                                   labels=list(range(len(classes))), zero_division=0).tolist()))
+        summary["test_per_class_f1"] = dict(zip(classes, f1_score(test_y, predicted, average=None, labels=labels,
+                                                                   zero_division=0).tolist()))
+        summary["test_confusion"] = confusion_matrix(test_y, predicted, labels=labels).tolist()
     (out / "metrics.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
     return summary
 

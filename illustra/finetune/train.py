@@ -50,6 +50,7 @@ class FinetuneConfig:
     views: ViewConfig = field(default_factory=lambda: ViewConfig(crop_scale=(0.6, 1.0), jitter=0.5, brightness=0.2,
                                                                   contrast=0.2, saturation=0.2, hue=0.02, grayscale=0.05))
     encoder: EncoderConfig = field(default_factory=EncoderConfig)  # used by scratch mode only
+    input_size: int = 0                # 0: the encoder's own; else train and predict at this size (<= cache size)
     seed: int = 0
     time_budget_s: float = 0.0
     threads: int = 0
@@ -91,6 +92,8 @@ def build_model(config: FinetuneConfig, classes: int, encoder_path: str | Path |
     else:
         encoder, meta = load_encoder(encoder_path)
         architecture = meta["architecture"]
+    if config.input_size:  # the network is fully convolutional + global pool, so any input size works
+        architecture = {**architecture, "input_size": int(config.input_size)}
     model = Classifier(encoder, classes)
     if config.mode == "linear":
         model.encoder.requires_grad_(False)
@@ -110,17 +113,22 @@ def make_optimizer(model: Classifier, config: FinetuneConfig) -> torch.optim.Opt
 
 
 class EMA:
-    """Exponential moving average of the weights (and a copy of the buffers), evaluated instead of the raw model."""
+    """Exponential moving average of the weights (and a copy of the buffers), evaluated instead of the raw model.
+
+    The decay warms up as min(decay, (1 + step) / (10 + step)), so a short run's average is not
+    dominated by the random initial head (at 0.998 the average spans ~500 steps).
+    """
 
     def __init__(self, model: nn.Module, decay: float) -> None:
         self.decay = decay
         self.state = {k: v.detach().clone().float() for k, v in model.state_dict().items()}
 
     @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
+    def update(self, model: nn.Module, step: int) -> None:
+        decay = min(self.decay, (1 + step) / (10 + step))
         for key, value in model.state_dict().items():
             if value.dtype.is_floating_point:
-                self.state[key].mul_(self.decay).add_(value.detach().float(), alpha=1 - self.decay)
+                self.state[key].mul_(decay).add_(value.detach().float(), alpha=1 - decay)
             else:
                 self.state[key].copy_(value)
 
@@ -189,7 +197,7 @@ def finetune(train_images: np.ndarray, train_labels: np.ndarray, val_images: np.
             loss.backward()
             optimizer.step()
             if ema is not None:
-                ema.update(model)
+                ema.update(model, state["step"])
             losses.append(loss.item())
             state["step"] += 1
             bar.set_postfix(loss=f"{losses[-1]:.3f}")

@@ -1,0 +1,93 @@
+"""The analysis of a plan's results, from the numbers alone: which factors moved macro-F1, by how much, beyond noise.
+
+Effects are differences of test macro-F1 against the baseline's mean over seeds. The noise yardstick
+is the baseline's seed range (max - min over its seeds): an effect smaller than that is reported as
+"within seed noise". Choices (the recommended level per factor, the best run) use validation F1
+only; the test split is reported, never used to choose.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from illustra.experiments.plan import Plan, baseline_levels
+
+
+def _stats(rows: pd.DataFrame, column: str) -> dict:
+    """Mean, range and count of one score over a set of runs (seeds)."""
+    values = rows[column].to_numpy(dtype=float)
+    return {"mean": float(values.mean()), "range": float(values.max() - values.min()) if len(values) > 1 else 0.0,
+            "runs": int(len(values))}
+
+
+def analyse(summary: pd.DataFrame, plan: Plan) -> dict:
+    """Effects per factor level, the seed noise, the recommended level per factor, the best run, and a text summary."""
+    base_rows = summary[summary["factor"] == "baseline"]
+    if base_rows.empty:
+        raise ValueError("the plan's results have no baseline run")
+    base_test, base_val = _stats(base_rows, "test_macro_f1"), _stats(base_rows, "val_macro_f1")
+    noise = base_test["range"] if base_test["runs"] > 1 else float("nan")
+    base_names = baseline_levels(plan)
+    factors = []
+    for factor, levels in plan.factors.items():
+        entries = [{"level": base_names[factor], "baseline": True, "test": base_test["mean"], "val": base_val["mean"],
+                    "delta_test": 0.0, "delta_val": 0.0, "seed_range": base_test["range"], "runs": base_test["runs"],
+                    "verdict": "baseline"}]
+        for level in list(levels)[1:]:
+            rows = summary[(summary["factor"] == factor) & (summary["level"] == level)]
+            if rows.empty:
+                continue
+            test, val = _stats(rows, "test_macro_f1"), _stats(rows, "val_macro_f1")
+            delta = test["mean"] - base_test["mean"]
+            entries.append({"level": level, "baseline": False, "test": test["mean"], "val": val["mean"],
+                            "delta_test": delta, "delta_val": val["mean"] - base_val["mean"],
+                            "seed_range": test["range"], "runs": test["runs"], "verdict": _verdict(delta, noise)})
+        chosen = _choose(entries, noise)
+        factors.append({"factor": factor, "levels": entries, "chosen_by_val": chosen,
+                        "largest_effect": max(abs(e["delta_test"]) for e in entries)})
+    factors.sort(key=lambda f: -f["largest_effect"])
+    best = summary.loc[summary["val_macro_f1"].idxmax()]
+    analysis = {"baseline": {"test": base_test, "val": base_val, "seeds": base_rows["seed"].tolist()},
+                "noise": noise, "factors": factors,
+                "best_run_by_val": {"run": best["run"], "val_macro_f1": float(best["val_macro_f1"]),
+                                    "test_macro_f1": float(best["test_macro_f1"])},
+                "recommended": {f["factor"]: f["chosen_by_val"] for f in factors}}
+    analysis["text"] = describe(analysis)
+    return analysis
+
+
+def _verdict(delta: float, noise: float) -> str:
+    """'helps' / 'hurts' when the effect exceeds the baseline's seed range, else 'within seed noise'."""
+    if np.isnan(noise):
+        return ("helps" if delta > 0 else "hurts") + " (no seed spread measured)"
+    if abs(delta) <= noise:
+        return "within seed noise"
+    return "helps" if delta > 0 else "hurts"
+
+
+def _choose(entries: list[dict], noise: float) -> str:
+    """The level with the best validation F1 if it beats the baseline by more than the noise, else the baseline."""
+    best = max(entries, key=lambda e: e["val"])
+    margin = 0.0 if np.isnan(noise) else noise
+    return best["level"] if best["delta_val"] > margin else entries[0]["level"]
+
+
+def describe(analysis: dict) -> list[str]:
+    """Plain sentences, one per finding, generated from the numbers."""
+    base = analysis["baseline"]
+    noise = analysis["noise"]
+    lines = [f"Baseline test macro-F1 {base['test']['mean']:.3f} over {base['test']['runs']} seed(s)"
+             + (f"; seed range {noise:.3f} (effects smaller than this are called noise)." if not np.isnan(noise)
+                else "; one seed only, so no noise yardstick: read small effects with care.")]
+    for factor in analysis["factors"]:
+        others = [e for e in factor["levels"] if not e["baseline"]]
+        if not others:
+            continue
+        parts = [f"{e['level']} {e['delta_test']:+.3f} ({e['verdict']})" for e in others]
+        lines.append(f"{factor['factor']} (baseline {factor['levels'][0]['level']}): " + "; ".join(parts)
+                     + f". Chosen by validation: {factor['chosen_by_val']}.")
+    best = analysis["best_run_by_val"]
+    lines.append(f"Best run by validation F1: {best['run']} (val {best['val_macro_f1']:.3f}, "
+                 f"test {best['test_macro_f1']:.3f}).")
+    return lines

@@ -1,0 +1,126 @@
+"""`illustra experiment`: run every run of a plan (resumable), then write summary.csv, analysis and report.html."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from illustra.data.cache import CacheSpec, open_pixels
+from illustra.data.manifest import load_manifest
+from illustra.experiments.plan import Plan, Run, expand_runs, merge, split_overrides
+from illustra.finetune.jobs import finetune_folder, training_table
+from illustra.finetune.train import FinetuneConfig
+
+RESULT = "result.json"
+
+
+def resolve_config(plan: Plan, run: Run) -> tuple[FinetuneConfig, dict, object]:
+    """The run's fine-tuning config (base + overrides + seed), data variant and encoder spec."""
+    finetune, data, encoder = split_overrides(run.overrides)
+    config = FinetuneConfig.from_dict(merge(plan.finetune, {**finetune, "seed": run.seed}))
+    return config, data, encoder if encoder is not None else plan.encoder_weights
+
+
+def encoder_path(spec: object, out: Path, plan: Plan, work: Path, cache: CacheSpec, progress: bool) -> Path | None:
+    """A weights path as given; None for random init; or the encoder pretrained (once, cached) from {pretrain: ...}."""
+    if spec in (None, "none", "random"):
+        return None
+    if not isinstance(spec, dict):
+        return Path(spec)
+    from illustra.ssl.jobs import preprocessing_of
+    from illustra.ssl.pretrain import ENCODER_FILE, PretrainConfig, pretrain
+
+    raw = merge(plan.ssl_base, spec.get("pretrain") or {})
+    key = hashlib.sha1(json.dumps(raw, sort_keys=True).encode()).hexdigest()[:10]
+    run_dir = out / "encoders" / key
+    if not (run_dir / ENCODER_FILE).exists():
+        config = PretrainConfig.from_dict(raw)
+        manifest = load_manifest(work)
+        usable = manifest[manifest["cache_row"] >= 0]
+        images = np.asarray(open_pixels(work, cache)[usable["cache_row"].to_numpy()])
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
+        pretrain(images, usable["class_id"].to_numpy(), run_dir, config,
+                 preprocessing_of(cache, config.encoder.input_size), resume=True)
+    return run_dir / ENCODER_FILE
+
+
+def execute_run(plan: Plan, run: Run, out: Path, curation: Path, work: Path, cache: CacheSpec,
+                progress: bool = True) -> dict:
+    """Train and score one run into OUT/runs/NAME; a finished run with the same key is read back, not redone."""
+    run_dir = out / "runs" / run.name
+    done = run_dir / RESULT
+    if done.exists():
+        result = json.loads(done.read_text(encoding="utf-8"))
+        if result.get("key") == run.key():
+            return result
+        shutil.rmtree(run_dir)  # the plan changed this run: start it again
+    config, data, encoder_spec = resolve_config(plan, run)
+    encoder = encoder_path(encoder_spec, out, plan, work, cache, progress)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    resolved = {"run": run.name, "factor": run.factor, "level": run.level, "seed": run.seed, "data": data,
+                "encoder_weights": str(encoder) if encoder else None, "finetune": config.to_dict()}
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False), encoding="utf-8")
+    table = training_table(curation, plan.split_seed, seed=run.seed, **data)
+    started = time.perf_counter()
+    metrics = finetune_folder(curation, run_dir, work, config, encoder, cache, resume=True, progress=progress,
+                              table=table)
+    wall = time.perf_counter() - started
+    history = metrics["history"]
+    result = {
+        "key": run.key(), "run": run.name, "factor": run.factor, "level": run.level, "seed": run.seed,
+        "test_macro_f1": metrics["test_macro_f1"], "test_micro_f1": metrics["test_micro_f1"],
+        "val_macro_f1": history[-1]["val_macro_f1"] if history else float("nan"),
+        "best_val_macro_f1": max((h["val_macro_f1"] for h in history), default=float("nan")),
+        "epochs": metrics["epochs"], "train_images": metrics["train_images"],
+        "train_seconds": metrics["seconds"], "wall_seconds": round(wall, 1),
+        "images_per_second": round(float(np.mean([h["images_per_second"] for h in history])), 1) if history else 0.0,
+        "per_class_f1": metrics["test_per_class_f1"], "confusion": metrics["test_confusion"],
+        "history": history, "overrides": run.overrides,
+    }
+    done.write_text(json.dumps(result, indent=2), encoding="utf-8")
+    return result
+
+
+def summary_frame(results: list[dict]) -> pd.DataFrame:
+    """One row per run: factor, level, seed, scores, time, throughput, per-class F1 columns."""
+    rows = []
+    for r in results:
+        row = {k: r[k] for k in ("run", "factor", "level", "seed", "test_macro_f1", "test_micro_f1", "val_macro_f1",
+                                 "best_val_macro_f1", "epochs", "train_images", "train_seconds", "wall_seconds",
+                                 "images_per_second")}
+        row.update({f"f1_{name}": value for name, value in r["per_class_f1"].items()})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def run_plan(plan: Plan, out: str | Path, curation: str | Path, work: str | Path, cache: CacheSpec = CacheSpec(),
+             progress: bool = True, only: list[str] | None = None, log=print) -> pd.DataFrame:
+    """Execute (or read back) every run, then write OUT/summary.csv, OUT/analysis.json and OUT/report.html."""
+    from illustra.experiments.analysis import analyse
+    from illustra.experiments.report import write_report
+
+    out, curation, work = Path(out), Path(curation), Path(work)
+    out.mkdir(parents=True, exist_ok=True)
+    runs = [r for r in expand_runs(plan) if not only or r.name in only or r.factor in only]
+    (out / "plan.yaml").write_text(Path(plan.source).read_text(encoding="utf-8") if plan.source else "", encoding="utf-8")
+    results = []
+    for number, run in enumerate(runs, 1):
+        log(f"[{number}/{len(runs)}] {run.name}")
+        result = execute_run(plan, run, out, curation, work, cache, progress)
+        log(f"    test macro F1 {result['test_macro_f1']:.4f}  val {result['val_macro_f1']:.4f}  "
+            f"{result['train_seconds']:.0f} s  {result['images_per_second']:.0f} img/s")
+        results.append(result)
+    summary = summary_frame(results)
+    summary.to_csv(out / "summary.csv", index=False, float_format="%.4f")
+    analysis = analyse(summary, plan)
+    (out / "analysis.json").write_text(json.dumps(analysis, indent=2), encoding="utf-8")
+    write_report(out / "report.html", plan, summary, results, analysis)
+    return summary

@@ -1,0 +1,108 @@
+"""Experiment plans: expansion and variants, train-side data variants, a tiny resumable run with its report."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+from test_curation import tiny_encoder
+
+from illustra.curation.run import curate
+from illustra.experiments import runner
+from illustra.experiments.plan import expand_runs, load_plan
+from illustra.finetune.jobs import training_table
+
+PLAN = {
+    "name": "tiny",
+    "seeds": [0, 1],
+    "repeat": ["mode"],
+    "defaults": {"epochs": 1, "batch_size": 16, "ema_decay": 0.9},
+    "factors": {
+        "mode": {"full": {"mode": "full"}, "linear": {"mode": "linear"}},
+        "photos": {"removed": {}, "kept": {"photos": "kept"}, "random-drop": {"photos": "random-drop"}},
+    },
+    "variants": {"smaller": {"seeds": [0], "factors": {"photos": {"random-drop": None}, "mode": None}}},
+}
+
+
+def write_plan(path, plan=PLAN):
+    path.write_text(yaml.safe_dump(plan, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def test_plan_expands_one_factor_at_a_time_with_seeds(tmp_path):
+    runs = expand_runs(load_plan(write_plan(tmp_path / "plan.yaml")))
+    names = [r.name for r in runs]
+    assert names == ["baseline-s0", "baseline-s1", "mode=linear-s0", "mode=linear-s1",
+                     "photos=kept-s0", "photos=random-drop-s0"]
+    by_name = {r.name: r for r in runs}
+    assert by_name["baseline-s0"].overrides == {"epochs": 1, "batch_size": 16, "ema_decay": 0.9, "mode": "full"}
+    assert by_name["photos=kept-s0"].overrides["photos"] == "kept"
+    assert by_name["photos=kept-s0"].overrides["mode"] == "full"  # every other factor stays at its baseline
+    assert by_name["baseline-s0"].key() != by_name["baseline-s1"].key()
+
+
+def test_variant_merges_and_null_removes(tmp_path):
+    plan = load_plan(write_plan(tmp_path / "plan.yaml"), "smaller")
+    assert plan.seeds == [0] and list(plan.factors) == ["photos"]
+    assert [r.name for r in expand_runs(plan)] == ["baseline-s0", "photos=kept-s0"]
+    with pytest.raises(ValueError, match="no variant"):
+        load_plan(tmp_path / "plan.yaml", "nope")
+
+
+def test_shipped_plan_covers_the_required_factors():
+    plan = load_plan("experiments.yaml")
+    assert {"pretraining", "mode", "ssl_epochs", "encoder_size", "resolution", "augmentation", "imbalance",
+            "duplicates", "photos"} <= set(plan.factors)
+    assert set(plan.factors["imbalance"]) == {"weights", "none", "over", "under"}
+    assert set(plan.factors["photos"]) == {"removed", "kept", "random-drop"}
+    assert len(plan.seeds) >= 2 and {"pretraining", "mode", "photos"} <= set(plan.repeat)
+    assert len(expand_runs(load_plan("experiments.yaml", "quick"))) <= 8
+
+
+@pytest.fixture(scope="module")
+def curated(fixture_bench, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("exp")
+    encoder = tiny_encoder(tmp / "encoder.safetensors")
+    curate(fixture_bench / "training", tmp / "cur", tmp / "work", encoder, jobs=("duplicates", "photos"))
+    return tmp, encoder
+
+
+def test_data_variants_change_only_the_train_side(curated):
+    tmp, _ = curated
+    clean = training_table(tmp / "cur")
+    held_out = clean[clean["split"] != "train"].sort_values("path")["path"].tolist()
+    kept = training_table(tmp / "cur", photos="kept")
+    dropped = training_table(tmp / "cur", photos="random-drop", seed=1)
+    for table in (kept, dropped, training_table(tmp / "cur", duplicates="kept")):
+        assert table[table["split"] != "train"].sort_values("path")["path"].tolist() == held_out
+    added = kept[~kept["path"].isin(clean["path"])]
+    assert len(added) and added["is_photo"].all() and (added["split"] == "train").all()
+    assert (dropped["split"] == "train").sum() == (clean["split"] == "train").sum()
+    copies = training_table(tmp / "cur", duplicates="kept")
+    extra = copies[~copies["path"].isin(clean["path"])]
+    assert len(extra) and not extra["dup_group"].isin(clean.loc[clean["split"] != "train", "dup_group"]).any()
+
+
+def test_tiny_plan_runs_resumes_and_reports(curated, tmp_path, monkeypatch):
+    tmp, encoder = curated
+    plan = load_plan(write_plan(tmp_path / "plan.yaml"), "smaller")
+    plan.encoder_weights = str(encoder)
+    out = tmp_path / "exp"
+    summary = runner.run_plan(plan, out, tmp / "cur", tmp / "work", progress=False, log=lambda *_: None)
+    assert summary["run"].tolist() == ["baseline-s0", "photos=kept-s0"]
+    assert summary["test_macro_f1"].between(0, 1).all() and (summary["train_seconds"] > 0).all()
+    assert {"f1_L2_2", "images_per_second", "factor", "level", "seed"} <= set(summary.columns)
+    assert (out / "runs" / "baseline-s0" / "config.yaml").exists() and (out / "runs" / "baseline-s0" / "tb").exists()
+    analysis = json.loads((out / "analysis.json").read_text())
+    assert analysis["factors"][0]["factor"] == "photos" and analysis["text"]
+    report = (out / "report.html").read_text()
+    assert "What mattered" in report and "data:image/png;base64" in report and "http" not in report.split("<body>")[1]
+
+    def must_not_train(*args, **kwargs):
+        raise AssertionError("a finished run was trained again")
+
+    monkeypatch.setattr(runner, "finetune_folder", must_not_train)
+    again = runner.run_plan(plan, out, tmp / "cur", tmp / "work", progress=False, log=lambda *_: None)
+    assert again["test_macro_f1"].tolist() == summary["test_macro_f1"].tolist()
