@@ -1,6 +1,6 @@
 """Photo detection vs the benchmark truth: ours (stats + HDBSCAN + label-free rule) vs IsolationForest on colour histograms.
 
-    python benchmarks/photos.py --bench work/bench --curation work/curation --work work/index
+    python benchmarks/photos.py --bench work/bench --curation work/curation --work work/index [--sensitivity]
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import pandas as pd
 from sklearn.ensemble import IsolationForest
 from sklearn.metrics import f1_score, precision_score, recall_score, roc_auc_score
 
-from illustra.curation.photos import STAT_COLUMNS, detect_photos
+from illustra.curation.photos import STAT_COLUMNS, PhotoSettings, detect_photos
 from illustra.data.cache import open_pixels
 from illustra.data.manifest import load_manifest
 
@@ -39,6 +39,7 @@ def main() -> None:
     parser.add_argument("--bench", default="work/bench")
     parser.add_argument("--curation", default="work/curation")
     parser.add_argument("--work", default="work/index")
+    parser.add_argument("--sensitivity", action="store_true", help="also sweep the self-training knobs")
     args = parser.parse_args()
     manifest = load_manifest(Path(args.curation) / "manifest.csv")
     truth = manifest["path"].isin(set(pd.read_csv(Path(args.bench) / "truth" / "photos.csv")["path"])).to_numpy()
@@ -47,11 +48,24 @@ def main() -> None:
     ours = manifest["is_photo"].astype(bool).to_numpy()
     print(line("ours as run by `illustra curate`", truth, ours, manifest["photo_score"].to_numpy(), 0))
     stats = manifest[list(STAT_COLUMNS)]
-    for name, emb in (("ours, statistics only (no embedding)", None), ("ours, statistics + embedding PCA", embeddings)):
+    variants = {
+        "statistics only (HDBSCAN + GMM rule, no embedding)": (None, PhotoSettings(self_training_rounds=0)),
+        "statistics + embedding PCA 8 joined into HDBSCAN": (embeddings, PhotoSettings(embedding_components=8,
+                                                                                        self_training_rounds=0)),
+        "default: statistics rule + self-training (stats + emb)": (embeddings, PhotoSettings()),
+    }
+    if args.sensitivity:  # how much the self-training result depends on its knobs
+        for rounds in (1, 2, 3):
+            for confidence in (0.8, 0.9, 0.95, 0.98):
+                for components in (8, 16, 32):
+                    variants[f"self-training r{rounds} c{confidence} pca{components}"] = (embeddings, PhotoSettings(
+                        self_training_rounds=rounds, self_training_confidence=confidence,
+                        self_training_components=components))
+    for name, (emb, settings) in variants.items():
         started = time.perf_counter()
-        result = detect_photos(stats, emb)
-        print(line(name + " (clustering time)", truth, result["is_photo"].to_numpy(), result["photo_score"].to_numpy(),
-                   time.perf_counter() - started))
+        result = detect_photos(stats, emb, settings)
+        print(line(name, truth, result["is_photo"].to_numpy(), result["photo_score"].to_numpy(),
+                   time.perf_counter() - started), flush=True)
     started = time.perf_counter()
     hist = colour_histograms(open_pixels(args.work), manifest["cache_row"].to_numpy())
     forest = IsolationForest(random_state=0).fit(hist)

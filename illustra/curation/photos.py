@@ -37,6 +37,9 @@ class PhotoSettings:
     min_samples: int = 10
     max_components: int = 6          # mixture sizes tried on the photo index, chosen by BIC
     threshold: float = 0.5
+    self_training_rounds: int = 2    # logistic regression on confident pseudo-labels, stats + embedding PCA; 0: off
+    self_training_components: int = 16
+    self_training_confidence: float = 0.9  # round 1 trusts scores above this / below 1 - this; later rounds 0.95
     seed: int = 0
 
     @classmethod
@@ -117,10 +120,37 @@ def detect_photos(stats: pd.DataFrame, embeddings: np.ndarray | None,
     score = posterior.copy()
     for cluster in np.unique(labels[labels >= 0]):
         score[labels == cluster] = posterior[labels == cluster].mean()
+    if embeddings is not None and settings.self_training_rounds > 0:
+        score = self_train(table, embeddings[valid], score, settings)
     out.loc[valid, "photo_score"] = score
     out.loc[valid, "is_photo"] = score > settings.threshold
     out.loc[valid, "photo_cluster"] = labels
     return out
+
+
+def self_train(stats: pd.DataFrame, embeddings: np.ndarray, score: np.ndarray, settings: PhotoSettings) -> np.ndarray:
+    """Refine scores by self-training: fit a logistic regression on the confidently scored images only
+    (statistics + SSL embedding PCA), re-score everything, repeat with the new confident set.
+
+    The embedding brings what the statistics miss (what the picture shows); the confident pseudo-labels
+    come from the statistics rule, so no label is used. Returns the input unchanged when either side
+    has too few confident images to learn from.
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    reduced = PCA(min(settings.self_training_components, embeddings.shape[1]), random_state=settings.seed)
+    projected = reduced.fit_transform(embeddings)
+    features = np.column_stack([RobustScaler().fit_transform(stats), projected / projected.std()])
+    confidence = settings.self_training_confidence
+    for _ in range(settings.self_training_rounds):
+        confident = (score > confidence) | (score < 1 - confidence)
+        positives = int((score[confident] > 0.5).sum())
+        if positives < 5 or confident.sum() - positives < 5:
+            return score
+        model = LogisticRegression(max_iter=2000).fit(features[confident], score[confident] > 0.5)
+        score = model.predict_proba(features)[:, 1]
+        confidence = max(confidence, 0.95)
+    return score
 
 
 def _photo_posterior(index: np.ndarray, settings: PhotoSettings) -> np.ndarray:

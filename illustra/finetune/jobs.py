@@ -118,7 +118,8 @@ def finetune_folder(curation: str | Path, out: str | Path, work: str | Path, con
         model, _ = load_classifier(out / CLASSIFIER, pick_device())
         predicted = predict_proba(model, torch.from_numpy(test_x), input_size).argmax(1)
         labels = list(range(len(classes)))
-        summary["test_macro_f1"] = float(f1_score(test_y, predicted, average="macro", labels=labels, zero_division=0))
+        present = sorted(set(test_y.tolist()) | set(predicted.tolist()))  # as evaluate.py: classes seen or predicted
+        summary["test_macro_f1"] = float(f1_score(test_y, predicted, average="macro", labels=present, zero_division=0))
         summary["test_micro_f1"] = float(f1_score(test_y, predicted, average="micro"))
         summary["test_per_class_f1"] = dict(zip(classes, f1_score(test_y, predicted, average=None, labels=labels,
                                                                    zero_division=0).tolist()))
