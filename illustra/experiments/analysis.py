@@ -18,7 +18,7 @@ def _stats(rows: pd.DataFrame, column: str) -> dict:
     """Mean, range and count of one score over a set of runs (seeds)."""
     values = rows[column].to_numpy(dtype=float)
     return {"mean": float(values.mean()), "range": float(values.max() - values.min()) if len(values) > 1 else 0.0,
-            "runs": int(len(values))}
+            "runs": int(len(values)), "seconds": float(rows["train_seconds"].mean())}
 
 
 def analyse(summary: pd.DataFrame, plan: Plan) -> dict:
@@ -33,7 +33,7 @@ def analyse(summary: pd.DataFrame, plan: Plan) -> dict:
     for factor, levels in plan.factors.items():
         entries = [{"level": base_names[factor], "baseline": True, "test": base_test["mean"], "val": base_val["mean"],
                     "delta_test": 0.0, "delta_val": 0.0, "seed_range": base_test["range"], "runs": base_test["runs"],
-                    "verdict": "baseline"}]
+                    "time_ratio": 1.0, "verdict": "baseline"}]
         for level in list(levels)[1:]:
             rows = summary[(summary["factor"] == factor) & (summary["level"] == level)]
             if rows.empty:
@@ -42,7 +42,8 @@ def analyse(summary: pd.DataFrame, plan: Plan) -> dict:
             delta = test["mean"] - base_test["mean"]
             entries.append({"level": level, "baseline": False, "test": test["mean"], "val": val["mean"],
                             "delta_test": delta, "delta_val": val["mean"] - base_val["mean"],
-                            "seed_range": test["range"], "runs": test["runs"], "verdict": _verdict(delta, noise)})
+                            "seed_range": test["range"], "runs": test["runs"], "verdict": _verdict(delta, noise),
+                            "time_ratio": test["seconds"] / max(base_test["seconds"], 1e-9)})
         chosen = _choose(entries, noise)
         factors.append({"factor": factor, "levels": entries, "chosen_by_val": chosen,
                         "largest_effect": max(abs(e["delta_test"]) for e in entries)})
@@ -73,6 +74,11 @@ def _choose(entries: list[dict], noise: float) -> str:
     return best["level"] if best["delta_val"] > margin else entries[0]["level"]
 
 
+def _cost(ratio: float) -> str:
+    """', at 3.3x the training time' when a level's cost differs clearly from the baseline's (not a same-budget effect)."""
+    return f", at {ratio:.1f}x the baseline's training time" if ratio > 1.5 or ratio < 1 / 1.5 else ""
+
+
 def describe(analysis: dict) -> list[str]:
     """Plain sentences, one per finding, generated from the numbers."""
     base = analysis["baseline"]
@@ -84,7 +90,7 @@ def describe(analysis: dict) -> list[str]:
         others = [e for e in factor["levels"] if not e["baseline"]]
         if not others:
             continue
-        parts = [f"{e['level']} {e['delta_test']:+.3f} ({e['verdict']})" for e in others]
+        parts = [f"{e['level']} {e['delta_test']:+.3f} ({e['verdict']}{_cost(e['time_ratio'])})" for e in others]
         lines.append(f"{factor['factor']} (baseline {factor['levels'][0]['level']}): " + "; ".join(parts)
                      + f". Chosen by validation: {factor['chosen_by_val']}.")
     best = analysis["best_run_by_val"]

@@ -85,7 +85,7 @@ def analysis_body(analysis: dict) -> str:
     items = "".join(f"<li>{html.escape(line)}</li>" for line in analysis["text"])
     rows = [{"factor": f["factor"], "level": e["level"], "test macro-F1": e["test"], "Δ test": e["delta_test"],
              "val macro-F1": e["val"], "Δ val": e["delta_val"], "runs": e["runs"], "seed range": e["seed_range"],
-             "verdict": e["verdict"]} for f in analysis["factors"] for e in f["levels"]]
+             "time ×": e["time_ratio"], "verdict": e["verdict"]} for f in analysis["factors"] for e in f["levels"]]
     return f"<ul>{items}</ul>" + table_tag(pd.DataFrame(rows))
 
 
