@@ -43,7 +43,7 @@ class FileDataset(torch.utils.data.Dataset):
         return len(self.paths)
 
     def __getitem__(self, index: int):
-        image = load_image(self.root / self.paths[index]).image
+        image = load_image(self.root / self.paths[index]).image  # only usable manifest rows are listed
         return self.transform(fit_square(image, self.spec)), int(self.labels[index])
 
 

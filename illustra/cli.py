@@ -165,6 +165,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 def _cmd_experiment(args: argparse.Namespace) -> int:
     """Run an experiment plan (resumable) and write summary.csv, analysis.json and report.html."""
+    import json
+
     from illustra.experiments.plan import load_plan
     from illustra.experiments.runner import run_plan
 
@@ -174,7 +176,7 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     summary = run_plan(plan, args.out, args.curation, args.work, _data_cache_spec(), progress=not args.no_progress,
                        only=args.only)
-    analysis = __import__("json").loads((Path(args.out) / "analysis.json").read_text(encoding="utf-8"))
+    analysis = json.loads((Path(args.out) / "analysis.json").read_text(encoding="utf-8"))
     print("\n".join(analysis["text"]))
     print(f"{len(summary)} runs in {time.perf_counter() - started:.0f} s; "
           f"wrote {Path(args.out) / 'summary.csv'} and {Path(args.out) / 'report.html'}")

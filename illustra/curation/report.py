@@ -45,7 +45,8 @@ def table_tag(frame: pd.DataFrame) -> str:
     return frame.to_html(border=0, float_format=lambda v: f"{v:.3g}")
 
 
-def _section(anchor: str, title: str, body: str) -> str:
+def section(anchor: str, title: str, body: str) -> str:
+    """One titled, anchored section of a report."""
     return f'<section id="{anchor}"><h2>{html.escape(title)}</h2>{body}</section>'
 
 
@@ -70,7 +71,7 @@ def class_section(manifest: pd.DataFrame, classes: list[str], summary: dict) -> 
     text = (f"<p>Imbalance (largest / smallest class): <b>{summary['imbalance_before']}x</b> before, "
             f"<b>{summary['imbalance_after']}x</b> after cleaning. Fine-tuning corrects it with the manifest's "
             "plan columns (<code>sample_weight</code> for over/under-sampling, <code>class_weight</code> for the loss).</p>")
-    return _section("classes", "Class distribution", text + f'<div class="row">{figure_tag(fig)}{table_tag(table)}</div>')
+    return section("classes", "Class distribution", text + f'<div class="row">{figure_tag(fig)}{table_tag(table)}</div>')
 
 
 def properties_section(manifest: pd.DataFrame) -> str:
@@ -85,7 +86,7 @@ def properties_section(manifest: pd.DataFrame) -> str:
     axes[2].set(title="file size, log10(bytes)")
     formats = usable.groupby(["format", "mode"]).size().rename("files").reset_index()
     stats = usable[["width", "height", "bytes"]].describe().T[["min", "50%", "mean", "max"]]
-    return _section("properties", "Image properties",
+    return section("properties", "Image properties",
                     f'{figure_tag(fig)}<div class="row">{table_tag(formats)}{table_tag(stats)}</div>')
 
 
@@ -107,7 +108,7 @@ def colour_section(manifest: pd.DataFrame, pixels: np.ndarray, classes: list[str
     ax.bar(table.index, table["saturation"], color=table[["R", "G", "B"]].to_numpy().clip(0, 1))
     ax.set(title="mean saturation per class (bar colour = mean RGB)")
     ax.tick_params(axis="x", rotation=60)
-    return _section("colour", "Colour statistics", f'<div class="row">{figure_tag(fig)}{table_tag(table)}</div>')
+    return section("colour", "Colour statistics", f'<div class="row">{figure_tag(fig)}{table_tag(table)}</div>')
 
 
 def gallery_section(manifest: pd.DataFrame, pixels: np.ndarray, classes: list[str]) -> str:
@@ -117,7 +118,7 @@ def gallery_section(manifest: pd.DataFrame, pixels: np.ndarray, classes: list[st
         rows = manifest[(manifest["class_folder"] == folder) & manifest["clean"]].index
         sample = np.random.default_rng(0).permutation(rows)[:16]
         parts.append(f"<h4>{html.escape(folder)}</h4>{_thumbs(manifest, pixels, sample)}")
-    return _section("gallery", "Thumbnails per class (cleaned set)", "".join(parts))
+    return section("gallery", "Thumbnails per class (cleaned set)", "".join(parts))
 
 
 def embedding_section(manifest: pd.DataFrame, embeddings: np.ndarray) -> str:
@@ -134,7 +135,7 @@ def embedding_section(manifest: pd.DataFrame, embeddings: np.ndarray) -> str:
                         label=f"{decision} ({selected.sum()})")
     axes[1].legend(markerscale=3, fontsize=8)
     axes[1].set(title="coloured by curation decision")
-    return _section("embedding", "Embedding map (PCA of the SSL encoder's features)", figure_tag(fig))
+    return section("embedding", "Embedding map (PCA of the SSL encoder's features)", figure_tag(fig))
 
 
 def duplicates_section(manifest: pd.DataFrame, pixels: np.ndarray, pairs: pd.DataFrame, summary: dict) -> str:
@@ -151,14 +152,14 @@ def duplicates_section(manifest: pd.DataFrame, pixels: np.ndarray, pairs: pd.Dat
         flag = " <b>label conflict</b>" if members["dup_label_conflict"].any() else ""
         rows.append(f"<div>group {group}: {', '.join(members['class_folder'].unique())}{flag}"
                     f"{_thumbs(manifest, pixels, members.index, 8)}</div>")
-    return _section("duplicates", "Duplicates", text + "".join(rows))
+    return section("duplicates", "Duplicates", text + "".join(rows))
 
 
 def photos_section(manifest: pd.DataFrame, pixels: np.ndarray) -> str:
     """Score histogram, clusters with samples, most / least photo-like and borderline images."""
     scored = manifest[manifest["photo_score"].notna()]
     if scored.empty:
-        return _section("photos", "Photos", "<p>photo detection was not run</p>")
+        return section("photos", "Photos", "<p>photo detection was not run</p>")
     fig, ax = plt.subplots(figsize=(7, 2.8))
     ax.hist(scored["photo_score"], bins=50, log=True)
     ax.set(title="photo_score (0 = drawing, 1 = photograph)", xlabel="photo_score")
@@ -173,7 +174,7 @@ def photos_section(manifest: pd.DataFrame, pixels: np.ndarray) -> str:
             f"<h4>least photo-like</h4>{_thumbs(manifest, pixels, order.index)}"
             f"<h4>borderline (score near 0.5)</h4>{_thumbs(manifest, pixels, border)}"
             f"<h4>HDBSCAN clusters</h4>{''.join(clusters)}")
-    return _section("photos", "Photos", body)
+    return section("photos", "Photos", body)
 
 
 def problems_section(manifest: pd.DataFrame) -> str:
@@ -181,7 +182,7 @@ def problems_section(manifest: pd.DataFrame) -> str:
     bad = manifest[(manifest["cache_row"] < 0) | manifest["blank"].astype(bool)]
     table = bad[["path", "status", "reason"]].assign(
         reason=np.where(bad["blank"].astype(bool), "blank image", bad["reason"]))
-    return _section("problems", f"Problems ({len(table)} files)", table_tag(table.head(200)) if len(table) else "<p>none</p>")
+    return section("problems", f"Problems ({len(table)} files)", table_tag(table.head(200)) if len(table) else "<p>none</p>")
 
 
 def write_report(path: str | Path, manifest: pd.DataFrame, pixels: np.ndarray, embeddings: np.ndarray,
@@ -189,7 +190,7 @@ def write_report(path: str | Path, manifest: pd.DataFrame, pixels: np.ndarray, e
     """Write the self-contained report.html of a curation run."""
     overview = pd.Series({k: v for k, v in summary.items() if not isinstance(v, dict)}).to_frame("value")
     sections = [
-        _section("overview", "Overview", table_tag(overview)),
+        section("overview", "Overview", table_tag(overview)),
         class_section(manifest, classes, summary),
         properties_section(manifest),
         colour_section(manifest, pixels, classes),

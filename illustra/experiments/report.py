@@ -10,13 +10,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from illustra.curation.report import STYLE, figure_tag, plt, table_tag
+from illustra.curation.report import STYLE, figure_tag, plt, section, table_tag
 from illustra.data.manifest import atomic_write_text
 from illustra.experiments.plan import Plan
-
-
-def _section(anchor: str, title: str, body: str) -> str:
-    return f'<section id="{anchor}"><h2>{html.escape(title)}</h2>{body}</section>'
+from illustra.finetune.jobs import confusion_figure
 
 
 def effects_figure(analysis: dict) -> str:
@@ -65,18 +62,9 @@ def per_class_figure(best: dict, baseline: dict) -> str:
     return figure_tag(fig)
 
 
-def confusion_figure(result: dict) -> str:
+def best_confusion(result: dict) -> str:
     """Confusion matrix (test split) of one run."""
-    matrix = np.asarray(result["confusion"])
-    names = list(result["per_class_f1"])
-    fig, ax = plt.subplots(figsize=(7, 7))
-    ax.imshow(matrix, cmap="Blues")
-    ax.set_xticks(range(len(names)), names, rotation=90, fontsize=7)
-    ax.set_yticks(range(len(names)), names, fontsize=7)
-    for (i, j), value in np.ndenumerate(matrix):
-        if value:
-            ax.text(j, i, str(value), ha="center", va="center", fontsize=6)
-    ax.set(xlabel="predicted", ylabel="true", title=f"{result['run']}: test confusion")
+    fig = confusion_figure(result["confusion"], list(result["per_class_f1"]), f"{result['run']}: test confusion")
     return figure_tag(fig)
 
 
@@ -98,14 +86,14 @@ def write_report(path: str | Path, plan: Plan, summary: pd.DataFrame, results: l
     plan_record = {"factors": plan.factors, "defaults": plan.defaults, "seeds": plan.seeds, "repeat": plan.repeat}
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     sections = [
-        _section("analysis", "What mattered (generated from the numbers)", analysis_body(analysis)),
-        _section("effects", "Effect of each factor level on test macro-F1", effects_figure(analysis)),
-        _section("results", "All runs", table_tag(summary[columns])),
-        _section("curves", "Learning curves (validation macro-F1)",
+        section("analysis", "What mattered (generated from the numbers)", analysis_body(analysis)),
+        section("effects", "Effect of each factor level on test macro-F1", effects_figure(analysis)),
+        section("results", "All runs", table_tag(summary[columns])),
+        section("curves", "Learning curves (validation macro-F1)",
                  '<div class="row">' + "".join(curves_figure(results, f) for f in plan.factors) + "</div>"),
-        _section("per-class", "Per-class F1: best run vs baseline", per_class_figure(best, baseline)),
-        _section("confusion", "Confusion matrix of the best run (chosen by validation F1)", confusion_figure(best)),
-        _section("plan", "The plan", f"<pre>{html.escape(json.dumps(plan_record, indent=1))}</pre>"),
+        section("per-class", "Per-class F1: best run vs baseline", per_class_figure(best, baseline)),
+        section("confusion", "Confusion matrix of the best run (chosen by validation F1)", best_confusion(best)),
+        section("plan", "The plan", f"<pre>{html.escape(json.dumps(plan_record, indent=1))}</pre>"),
     ]
     document = (f"<!doctype html><html><head><meta charset='utf-8'><title>illustra experiment: {html.escape(plan.name)}"
                 f"</title><style>{STYLE}</style></head><body><h1>Experiment plan “{html.escape(plan.name)}”</h1>"

@@ -12,8 +12,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from illustra.data.cache import CacheSpec, open_pixels
-from illustra.data.manifest import load_manifest
+from illustra.data.cache import CacheSpec
 from illustra.experiments.plan import Plan, Run, expand_runs, merge, split_overrides
 from illustra.finetune.jobs import finetune_folder, training_table
 from illustra.finetune.train import FinetuneConfig
@@ -28,27 +27,22 @@ def resolve_config(plan: Plan, run: Run) -> tuple[FinetuneConfig, dict, object]:
     return config, data, encoder if encoder is not None else plan.encoder_weights
 
 
-def encoder_path(spec: object, out: Path, plan: Plan, work: Path, cache: CacheSpec, progress: bool) -> Path | None:
+def encoder_path(spec: object, out: Path, plan: Plan, work: Path, cache: CacheSpec) -> Path | None:
     """A weights path as given; None for random init; or the encoder pretrained (once, cached) from {pretrain: ...}."""
     if spec in (None, "none", "random"):
         return None
     if not isinstance(spec, dict):
         return Path(spec)
-    from illustra.ssl.jobs import preprocessing_of
-    from illustra.ssl.pretrain import ENCODER_FILE, PretrainConfig, pretrain
+    from illustra.ssl.jobs import pretrain_cached
+    from illustra.ssl.pretrain import ENCODER_FILE, PretrainConfig
 
     raw = merge(plan.ssl_base, spec.get("pretrain") or {})
     key = hashlib.sha1(json.dumps(raw, sort_keys=True).encode()).hexdigest()[:10]
     run_dir = out / "encoders" / key
     if not (run_dir / ENCODER_FILE).exists():
-        config = PretrainConfig.from_dict(raw)
-        manifest = load_manifest(work)
-        usable = manifest[manifest["cache_row"] >= 0]
-        images = np.asarray(open_pixels(work, cache)[usable["cache_row"].to_numpy()])
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
-        pretrain(images, usable["class_id"].to_numpy(), run_dir, config,
-                 preprocessing_of(cache, config.encoder.input_size), resume=True)
+        pretrain_cached(run_dir, work, PretrainConfig.from_dict(raw), cache, resume=True)
     return run_dir / ENCODER_FILE
 
 
@@ -63,7 +57,7 @@ def execute_run(plan: Plan, run: Run, out: Path, curation: Path, work: Path, cac
             return result
         shutil.rmtree(run_dir)  # the plan changed this run: start it again
     config, data, encoder_spec = resolve_config(plan, run)
-    encoder = encoder_path(encoder_spec, out, plan, work, cache, progress)
+    encoder = encoder_path(encoder_spec, out, plan, work, cache)
     run_dir.mkdir(parents=True, exist_ok=True)
     resolved = {"run": run.name, "factor": run.factor, "level": run.level, "seed": run.seed, "data": data,
                 "encoder_weights": str(encoder) if encoder else None, "finetune": config.to_dict()}

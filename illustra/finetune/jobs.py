@@ -190,23 +190,31 @@ def evaluate_folder(data: str | Path, weights: str | Path) -> dict:
     }
 
 
-def save_confusion(result: dict, path: str | Path) -> None:
-    """Confusion matrix of an evaluation as a PNG."""
+def confusion_figure(matrix, names: list[str], title: str):
+    """A labelled confusion-matrix figure (counts written in the non-empty cells)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    matrix = np.asarray(result["confusion"])
-    names = [result["classes"][i] for i in result["labels"]]
+    matrix = np.asarray(matrix)
     fig, ax = plt.subplots(figsize=(1 + 0.45 * len(names), 1 + 0.45 * len(names)))
     ax.imshow(matrix, cmap="Blues")
     ax.set_xticks(range(len(names)), names, rotation=90)
     ax.set_yticks(range(len(names)), names)
-    ax.set(xlabel="predicted", ylabel="true", title=f"macro F1 {result['macro_f1']:.4f}")
+    ax.set(xlabel="predicted", ylabel="true", title=title)
     for (i, j), value in np.ndenumerate(matrix):
         if value:
             ax.text(j, i, str(value), ha="center", va="center", fontsize=7)
+    return fig
+
+
+def save_confusion(result: dict, path: str | Path) -> None:
+    """Confusion matrix of an evaluation as a PNG."""
+    import matplotlib.pyplot as plt
+
+    names = [result["classes"][i] for i in result["labels"]]
+    fig = confusion_figure(result["confusion"], names, f"macro F1 {result['macro_f1']:.4f}")
     fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
 

@@ -48,6 +48,12 @@ def pretrain_folder(data: str | Path, run_dir: str | Path, work: str | Path, con
         indexed(data, work, spec)
     if world > 1:
         torch.distributed.barrier()  # the other ranks read what rank 0 wrote
+    return pretrain_cached(run_dir, work, config, spec, resume)
+
+
+def pretrain_cached(run_dir: str | Path, work: str | Path, config: PretrainConfig, spec: CacheSpec = CacheSpec(),
+                    resume: bool = False) -> dict:
+    """Pretrain on every usable row of an already indexed WORK folder (manifest + pixel cache)."""
     manifest, pixels = load_manifest(work), open_pixels(work, spec)
     usable = manifest[manifest["cache_row"] >= 0]
     images = np.asarray(pixels[usable["cache_row"].to_numpy()])
