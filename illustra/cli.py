@@ -206,6 +206,20 @@ def _cmd_bench_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench_holdout(args: argparse.Namespace) -> int:
+    """Build the second folder (unseen icon styles, photo crops and cut-outs) for the photo detector."""
+    from illustra.bench.build import build_holdout
+    from illustra.bench.sources import MissingToolError
+
+    try:
+        record = build_holdout(args.out, part=args.part, seed=args.seed, cache=args.cache, workers=args.workers, force=args.force)
+    except MissingToolError as exc:
+        print(f"illustra bench holdout: {exc}", file=sys.stderr)
+        return 1
+    print(summarise_build(record, Path(args.out)))
+    return 0
+
+
 def _cmd_bench_fixture(args: argparse.Namespace) -> int:
     """Build a small synthetic fixture with the benchmark's layout (no download)."""
     from illustra.bench.build import build_fixture
@@ -295,6 +309,15 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--workers", type=int, default=0, help="processes (0 = one per core)")
     build.add_argument("--force", action="store_true", help="rebuild even if DIR already holds this build")
     build.set_defaults(run=_cmd_bench_build)
+    holdout = bench_commands.add_parser("holdout", help="a second folder from unseen sources: icon styles, photo cut-outs")
+    holdout.add_argument("--out", required=True)
+    holdout.add_argument("--part", choices=["dev", "test"], default="dev",
+                         help="dev may inform the detector's design; test is scored once (other icons and photos)")
+    holdout.add_argument("--seed", type=int, default=0)
+    holdout.add_argument("--cache", help="download cache folder (default $ILLUSTRA_CACHE or ~/.cache/illustra)")
+    holdout.add_argument("--workers", type=int, default=0, help="processes (0 = one per core)")
+    holdout.add_argument("--force", action="store_true", help="rebuild even if DIR already holds this build")
+    holdout.set_defaults(run=_cmd_bench_holdout)
     fixture = bench_commands.add_parser("fixture", help="a small synthetic folder with the same layout and truth")
     fixture.add_argument("--out", required=True)
     fixture.add_argument("--seed", type=int, default=0)

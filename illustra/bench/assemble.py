@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageEnhance
+from PIL import Image, ImageEnhance, ImageFilter
 from tqdm import tqdm
 
 from illustra.bench.sources import SourceImage
@@ -41,6 +41,8 @@ class AssemblyOptions:
     cross_class_groups: float = 1 / 6
     max_files: int = 10_000  # trim the largest classes if the total would exceed this
     crops_per_scene: tuple[int, int] = (5, 30)
+    cutout_fraction: float = 0.0  # share of photos cut out along a blob outline and put on white (holdout)
+    photo_png_fraction: float = 0.0  # share of photos saved as PNG instead of JPEG (holdout)
     workers: int = 0
 
 
@@ -286,9 +288,15 @@ def _plan_photos(
             crop = {"area": round(rng.uniform(0.02, 0.6), 4), "aspect": round(aspect, 4),
                     "x": round(rng.random(), 4), "y": round(rng.random(), 4), "long_side": rng.randint(128, 512),
                     "quality": rng.randint(70, 95)}
+            style, ext = "photo", ".jpg"
+            if options.cutout_fraction or options.photo_png_fraction:  # extra draws only when asked: seed-0 stays identical
+                if rng.random() < options.cutout_fraction:
+                    style, crop["cutout_seed"] = "photo-cutout", rng.getrandbits(32)
+                if rng.random() < options.photo_png_fraction:
+                    ext = ".png"
             folder = rng.choice(folders)
-            rel = f"{folder}/{names('.jpg')}"
-            photos.append(PlannedFile(rel, folder, "photo", scene.source, "photo", f"{scene.key}#{number}",
+            rel = f"{folder}/{names(ext)}"
+            photos.append(PlannedFile(rel, folder, "photo", scene.source, style, f"{scene.key}#{number}",
                                       {"op": "photo", "to": rel, "scene": scene, **crop}))
     return photos
 
@@ -358,9 +366,34 @@ def _photo_bytes(job: dict, render_scene: Callable) -> bytes:
     crop = scene.crop((left, top, left + crop_w, top + crop_h))
     long_side = min(job["long_side"], max(crop.size))
     crop.thumbnail((long_side, long_side), Image.Resampling.LANCZOS)
-    out = io.BytesIO()
-    crop.convert("RGB").save(out, "JPEG", quality=job["quality"])
-    return out.getvalue()
+    picture = cut_out(crop, job["cutout_seed"]) if "cutout_seed" in job else crop.convert("RGB")
+    if job["to"].endswith(".png"):
+        return encode(picture, {"format": "PNG", "mode": picture.mode})
+    return encode(picture, {"format": "JPEG", "quality": job["quality"]})
+
+
+def blob_mask(size: tuple[int, int], seed: int) -> Image.Image:
+    """A smooth, irregular, centred object outline (L mode, 255 inside) filling roughly 35-75 % of the box."""
+    generator = np.random.default_rng(seed)
+    width, height = size
+    field = Image.fromarray((generator.random((5, 5)) * 255).astype(np.uint8)).resize(size, Image.Resampling.BICUBIC)
+    y, x = np.mgrid[0:height, 0:width]
+    radius = ((x - width / 2) / (width / 2)) ** 2 + ((y - height / 2) / (height / 2)) ** 2
+    level = (1.0 - radius) + 0.9 * (np.asarray(field, np.float32) / 255 - 0.5)
+    inside = level > np.quantile(level, 1 - generator.uniform(0.35, 0.75))
+    mask = Image.fromarray((inside * 255).astype(np.uint8))
+    return mask.filter(ImageFilter.GaussianBlur(generator.uniform(0.0, 1.5)))  # hard or slightly feathered edge
+
+
+def cut_out(photo: Image.Image, seed: int) -> Image.Image:
+    """A photo cut-out: the photo inside a blob outline, transparent outside, with a white margin (RGBA)."""
+    generator = np.random.default_rng(seed)
+    margin = int(max(photo.size) * generator.uniform(0.04, 0.15))
+    canvas = Image.new("RGBA", (photo.width + 2 * margin, photo.height + 2 * margin), (255, 255, 255, 0))
+    piece = photo.convert("RGBA")
+    piece.putalpha(blob_mask(photo.size, seed))
+    canvas.alpha_composite(piece, (margin, margin))
+    return canvas
 
 
 def _write_truth(truth: Path, files: list[PlannedFile], groups: list, photos: list[PlannedFile]) -> None:

@@ -20,7 +20,10 @@ from illustra.bench.sources import (
     default_cache_dir,
     fetch_deb,
     fetch_npm,
+    holdout_packages,
     list_emoji_datasource,
+    list_holdout_drawings,
+    list_holdout_scenes,
     list_openclipart,
     list_openmoji,
     list_photo_scenes,
@@ -31,6 +34,8 @@ from illustra.bench.sources import (
 BUILDER_VERSION = 1
 SMALL_PER_CLASS_STYLE = 3  # --small: sources per class and style
 SMALL_SCENES = 6
+HOLDOUT_OPTIONS = {"duplicate_fraction": 0.0, "photo_fraction": 0.12, "crops_per_scene": (8, 20),
+                   "cutout_fraction": 0.5, "photo_png_fraction": 0.5}
 
 
 def render(source: SourceImage) -> Image.Image:
@@ -105,6 +110,37 @@ def build_benchmark(
     counts = assemble(illustrations, scenes, out, options, render, render_scene)
     record = {"request": request, "options": asdict(options), "packages": package_versions(cache),
               "sources": len(illustrations), "scenes": [s.key for s in scenes], **counts,
+              "build_seconds": round(time.perf_counter() - started, 1)}
+    write_build_record(out / "truth", record)
+    return record
+
+
+def build_holdout(
+    out: str | Path, *, part: str = "dev", seed: int = 0, cache: str | Path | None = None, workers: int = 0,
+    force: bool = False,
+) -> dict:
+    """A folder from sources the benchmark never uses, to test that the photo detector generalises.
+
+    Drawings: icon themes of other styles (dev: Oxygen glossy + Papirus flat; test: MATE + elementary,
+    both shaded), put into random class folders. Photos (~12 %): OpenCV's sample photographs (dev and
+    test get alternate ones), half as plain crops and half cut out along a blob outline onto white,
+    half saved as PNG. No duplicates are added. Truth as in the benchmark (style `photo` or `photo-cutout`).
+    """
+    out = Path(out)
+    request = {"builder": BUILDER_VERSION, "seed": seed, "kind": "holdout", "part": part}
+    if not force and (record := _already_built(out, request)):
+        return {**record, "reused": True}
+    cache = Path(cache) if cache else default_cache_dir()
+    started = time.perf_counter()
+    packages = holdout_packages(part)
+    roots = {name: fetch_deb(name, cache) for name in packages}
+    folders = [c["folder"] for c in class_map()["classes"]]
+    drawings = list_holdout_drawings(roots, part, folders, seed)
+    scenes = list_holdout_scenes(roots, part)
+    options = AssemblyOptions(seed=seed, workers=workers, **HOLDOUT_OPTIONS)
+    counts = assemble(drawings, scenes, out, options, render, render_scene)
+    record = {"request": request, "options": asdict(options), "packages": package_versions(cache, packages),
+              "sources": len(drawings), "scenes": [s.key for s in scenes], **counts,
               "build_seconds": round(time.perf_counter() - started, 1)}
     write_build_record(out / "truth", record)
     return record

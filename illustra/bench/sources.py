@@ -6,6 +6,7 @@ cache folder, so a second build needs no network. Nothing here reads the user's 
 
 from __future__ import annotations
 
+import hashlib
 import importlib.resources
 import json
 import os
@@ -132,10 +133,10 @@ def extract_deb(deb: Path, target: Path) -> None:
     raise ValueError(f"{deb} holds no data archive")
 
 
-def package_versions(cache: Path) -> dict[str, str]:
+def package_versions(cache: Path, debs: tuple[str, ...] = DEB_PACKAGES) -> dict[str, str]:
     """Versions of the fetched packages, for the build record."""
-    versions = {f"npm:{n}": v for n, v in NPM_PACKAGES.items()}
-    for name in DEB_PACKAGES:
+    versions = {f"npm:{n}": v for n, v in NPM_PACKAGES.items()} if debs == DEB_PACKAGES else {}
+    for name in debs:
         done = cache / "deb" / name / ".done"
         if done.exists():
             versions[f"deb:{name}"] = done.read_text(encoding="utf-8").strip()
@@ -238,3 +239,58 @@ def render_file(source: SourceImage) -> Image.Image:
     if max(image.size) > MAX_SIDE:
         image.thumbnail((MAX_SIDE, MAX_SIDE), Image.Resampling.LANCZOS)
     return image
+
+
+# --- The holdout folders (issue #5): sources the main benchmark never uses ----------------------
+# Two parts with nothing in common: `dev` may inform the photo detector's design; `test` is scored once.
+HOLDOUT_ICONS = {  # part -> (package, glob under the package root, style, share of the distinct files taken)
+    "dev": [("oxygen-icon-theme", "usr/share/icons/oxygen/base/128x128/*/*.png", "oxygen", 1.0),
+            ("papirus-icon-theme", "usr/share/icons/Papirus/64x64/apps/*.svg", "papirus", 0.25)],
+    "test": [("mate-icon-theme", "usr/share/icons/mate/256x256/*/*.png", "mate", 1.0),
+             ("elementary-xfce-icon-theme", "usr/share/icons/elementary-xfce/*/128/*.png", "elementary", 1.0)],
+}
+HOLDOUT_PHOTO_PACKAGES = ("opencv-doc", "lomiri-wallpapers-20.04")
+OPENCV_EXAMPLES = "usr/share/doc/opencv-doc/examples/"
+# Photographs only (looked at one by one): OpenCV's sample photos, colour and grayscale, plus one wallpaper.
+# Alternate entries go to the dev and the test part.
+HOLDOUT_PHOTOS = [("opencv-doc", OPENCV_EXAMPLES + name) for name in (
+    "data/aero1.jpg", "data/aero3.jpg", "data/aloeL.jpg", "data/apple.jpg", "data/baboon.jpg", "data/basketball1.png",
+    "data/board.jpg", "data/box.png", "data/box_in_scene.png", "data/building.jpg", "data/butterfly.jpg",
+    "data/chicky_512.png", "data/ela_original.jpg", "data/fruits.jpg", "data/home.jpg", "data/left.jpg",
+    "data/left01.jpg", "data/leuvenA.jpg", "data/licenseplate_motion.jpg", "data/messi5.jpg", "data/orange.jpg",
+    "data/right.jpg", "data/rubberwhale1.png", "data/squirrel_cls.jpg", "data/stuff.jpg", "text/scenetext01.jpg",
+    "text/scenetext03.jpg", "text/scenetext05.jpg", "alphamat/input_images/plant.jpg")] + [
+    ("lomiri-wallpapers-20.04", "usr/share/backgrounds/Kleiber_by_Lukas_Baubkus.jpg")]
+
+
+def holdout_packages(part: str) -> tuple[str, ...]:
+    """Debian packages one holdout part needs."""
+    return tuple(package for package, *_ in HOLDOUT_ICONS[part]) + HOLDOUT_PHOTO_PACKAGES
+
+
+def _stable_fraction(key: str, seed: int) -> float:
+    """A number in [0, 1) fixed by key and seed: order-free sampling and folder choice."""
+    return int.from_bytes(hashlib.blake2b(f"{seed}:{key}".encode(), digest_size=8).digest(), "big") / 2**64
+
+
+def list_holdout_drawings(roots: dict[str, Path], part: str, folders: list[str], seed: int) -> list[SourceImage]:
+    """Icons of styles the benchmark never shows; each goes into a folder fixed by its key (they have no class)."""
+    found = []
+    for package, pattern, style, share in HOLDOUT_ICONS[part]:
+        for path in sorted(roots[package].glob(pattern)):
+            key = f"{style}:{path.relative_to(roots[package]).as_posix()}"
+            if path.is_symlink() or _stable_fraction(key, seed) >= share:
+                continue
+            folder = folders[int(_stable_fraction("folder:" + key, seed) * len(folders))]
+            found.append(SourceImage(key, folder, "illustration", package, style, path.suffix.lower()[1:], str(path)))
+    return found
+
+
+def list_holdout_scenes(roots: dict[str, Path], part: str) -> list[SourceImage]:
+    """The part's photographs (every other entry of HOLDOUT_PHOTOS)."""
+    scenes = []
+    for package, name in HOLDOUT_PHOTOS[0 if part == "dev" else 1::2]:
+        path = roots[package] / name
+        if path.exists():
+            scenes.append(SourceImage(f"photo:{package}:{path.name}", "", "photo", package, "photo", "jpeg", str(path)))
+    return scenes
