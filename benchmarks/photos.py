@@ -1,6 +1,7 @@
 """Photo detection vs the benchmark truth: ours (stats + HDBSCAN + label-free rule) vs IsolationForest on colour histograms.
 
     python benchmarks/photos.py --bench work/bench --curation work/curation --work work/index [--sensitivity]
+    python benchmarks/photos.py --bench work/holdout_test --curation work/holdout_test_curation --work work/holdout_test_index
 """
 
 from __future__ import annotations
@@ -33,6 +34,14 @@ def line(name: str, truth: np.ndarray, predicted: np.ndarray, score: np.ndarray,
             f"{1000 * seconds / len(truth):.2f} ms/image")
 
 
+def by_style(manifest: pd.DataFrame, bench: Path, flagged: np.ndarray) -> str:
+    """Share flagged as photo per truth style: recall for photo styles, false-positive rate for drawings."""
+    styles = manifest[["path"]].merge(pd.read_csv(bench / "truth" / "sources.csv")[["path", "style"]],
+                                      on="path", how="left")["style"].fillna("?").to_numpy()
+    parts = [f"{style} {flagged[styles == style].mean():.3f} of {(styles == style).sum()}" for style in sorted(set(styles))]
+    return "  flagged as photo, by style: " + ", ".join(parts)
+
+
 def main() -> None:
     """Score both detectors on one benchmark."""
     parser = argparse.ArgumentParser(description=__doc__)
@@ -47,6 +56,7 @@ def main() -> None:
     print(f"images {len(manifest)}, photos in truth {truth.sum()}")
     ours = manifest["is_photo"].astype(bool).to_numpy()
     print(line("ours as run by `illustra curate`", truth, ours, manifest["photo_score"].to_numpy(), 0))
+    print(by_style(manifest, Path(args.bench), ours))
     stats = manifest[list(STAT_COLUMNS)]
     variants = {
         "statistics only (HDBSCAN + GMM rule, no embedding)": (None, PhotoSettings(self_training_rounds=0)),

@@ -8,11 +8,13 @@ import io
 import random
 import tarfile
 
+import numpy as np
 from PIL import Image
 
-from illustra.bench.assemble import spread
-from illustra.bench.build import build_fixture
-from illustra.bench.sources import extract_deb, list_openmoji
+from illustra.bench import fixture
+from illustra.bench.assemble import AssemblyOptions, assemble, blob_mask, spread
+from illustra.bench.build import build_fixture, render, render_scene
+from illustra.bench.sources import extract_deb, list_holdout_drawings, list_holdout_scenes, list_openmoji
 
 
 def _read(path):
@@ -118,3 +120,45 @@ def test_openmoji_listing_uses_base_emoji_and_subgroup_spelling(tmp_path):
         ("L2_20", "openmoji-black"), ("L2_20", "openmoji-color"),
         ("L2_33", "openmoji-black"), ("L2_33", "openmoji-color"),
     ]
+
+
+def test_holdout_cut_outs_are_photos_on_white_and_half_the_photos_are_png(tmp_path):
+    folders = ["L2_2", "L2_3"]
+    options = AssemblyOptions(seed=1, workers=1, duplicate_fraction=0.0, photo_fraction=0.3, crops_per_scene=(4, 30),
+                              cutout_fraction=0.5, photo_png_fraction=0.5)
+    assemble(fixture.synthetic_drawings(folders, 12, 1), fixture.synthetic_scenes(2, 1), tmp_path, options,
+             render, render_scene)
+    photos = [row for row in _read(tmp_path / "truth" / "sources.csv") if row["kind"] == "photo"]
+    styles = {row["style"] for row in photos}
+    assert styles == {"photo", "photo-cutout"}
+    assert {row["path"][-4:] for row in photos} == {".jpg", ".png"}
+    assert not _read(tmp_path / "truth" / "duplicates.csv")
+    for row in photos:
+        if row["style"] == "photo-cutout":
+            image = Image.open(tmp_path / "training" / row["path"]).convert("RGBA")
+            white = Image.alpha_composite(Image.new("RGBA", image.size, "white"), image).convert("RGB")
+            corners = [white.getpixel(xy) for xy in ((0, 0), (image.width - 1, image.height - 1))]
+            assert all(min(c) >= 240 for c in corners), corners
+
+
+def test_blob_mask_is_one_centred_object_of_reasonable_size():
+    mask = np.asarray(blob_mask((120, 80), seed=5)) > 127
+    assert 0.25 < mask.mean() < 0.85
+    assert mask[40, 60] and not mask[0, 0] and not mask[-1, -1]
+
+
+def test_holdout_listing_parts_share_no_source_and_skip_links(tmp_path):
+    icons = tmp_path / "oxygen-icon-theme" / "usr/share/icons/oxygen/base/128x128/apps"
+    icons.mkdir(parents=True)
+    for name in ("a.png", "b.png"):
+        Image.new("RGBA", (8, 8), (255, 0, 0, 255)).save(icons / name)
+    (icons / "c.png").symlink_to(icons / "a.png")
+    roots = {"oxygen-icon-theme": tmp_path / "oxygen-icon-theme", "papirus-icon-theme": tmp_path / "none"}
+    drawings = list_holdout_drawings(roots, "dev", ["L2_2", "L2_3"], seed=0)
+    assert sorted(d.style for d in drawings) == ["oxygen", "oxygen"] and all(d.folder in ("L2_2", "L2_3") for d in drawings)
+    scene_roots = {"opencv-doc": tmp_path / "cv", "lomiri-wallpapers-20.04": tmp_path / "lomiri"}
+    for package, name in [("opencv-doc", "usr/share/doc/opencv-doc/examples/data/" + n) for n in ("aero1.jpg", "aero3.jpg")]:
+        (scene_roots[package] / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8)).save(scene_roots[package] / name)
+    dev, test = list_holdout_scenes(scene_roots, "dev"), list_holdout_scenes(scene_roots, "test")
+    assert [s.key for s in dev] == ["photo:opencv-doc:aero1.jpg"] and [s.key for s in test] == ["photo:opencv-doc:aero3.jpg"]

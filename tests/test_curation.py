@@ -11,8 +11,9 @@ import pytest
 import torch
 from PIL import Image, ImageDraw, ImageEnhance
 
+from illustra.bench.assemble import cut_out
 from illustra.curation.duplicates import DuplicateSettings, find_duplicates
-from illustra.curation.photos import image_statistics, photo_index
+from illustra.curation.photos import image_statistics, photo_index, texture_share
 from illustra.curation.run import curate
 from illustra.data.cache import CacheSpec, open_pixels
 from illustra.data.index import IndexSettings, index_dataset
@@ -42,6 +43,12 @@ def photo(seed: int, size: int = 160) -> Image.Image:
     base = np.stack([120 + 80 * np.sin(3 * x + seed), 100 + 60 * y, 90 + 70 * np.cos(2 * x * y + seed)], 2)
     noisy = base + rng.normal(0, 6, base.shape)
     return Image.fromarray(noisy.clip(0, 255).astype(np.uint8))
+
+
+def photo_cut_out(seed: int) -> Image.Image:
+    """A photograph-like image cut out along a blob outline onto white (as the holdout builder makes them)."""
+    piece = cut_out(photo(seed), seed=seed)
+    return Image.alpha_composite(Image.new("RGBA", piece.size, "white"), piece).convert("RGB")
 
 
 def jpeg(image: Image.Image, quality: int) -> Image.Image:
@@ -131,6 +138,25 @@ def test_photo_statistics_put_clear_photos_and_drawings_on_their_sides():
     index = photo_index(stats)
     assert index[:4].min() > index[4:].max()
     assert (stats["foreground_share"][:4] > 0.95).all() and (stats["sharp_edge_share"][:4] < 0.05).all()
+
+
+def test_texture_share_sees_photo_texture_not_jpeg_noise_and_counts_cut_outs():
+    drawings = [jpeg(drawing(k, fill=c), 80) for k in ("face", "house") for c in ((250, 200, 40), (60, 140, 220))]
+    photos = [photo(s) for s in range(3)]
+    cut_outs = [photo_cut_out(s) for s in range(3)]
+    drawn = [texture_share(d) for d in drawings]
+    assert max(drawn) < 0.05, drawn  # JPEG ringing around outlines is not texture
+    assert min(texture_share(p) for p in photos + cut_outs) > 0.3
+
+
+def test_white_background_is_no_evidence_against_a_photo_by_default():
+    images = [photo(s) for s in range(3)] + [drawing(k, fill=c) for k in ("face", "house")
+                                               for c in ((250, 200, 40), (60, 140, 220), (200, 60, 60))]
+    cut = photo_cut_out(7)
+    stats = pd.DataFrame([image_statistics(i) for i in images + [cut]])
+    index = photo_index(stats)
+    assert stats["foreground_share"].iloc[-1] < 0.9
+    assert index[-1] > index[3:-1].max()  # the cut-out ranks above every drawing
 
 
 def tiny_encoder(path: Path) -> Path:
