@@ -63,7 +63,8 @@ def image_statistics(image: Image.Image, settings: PhotoSettings = PhotoSettings
     if max(image.size) > settings.stats_side:
         image = image.copy()
         image.thumbnail((settings.stats_side, settings.stats_side), Image.Resampling.BOX)
-    pixels = np.asarray(image.convert("RGB")).astype(np.int16)
+    image = image.convert("RGB")  # once, shared with texture_share
+    pixels = np.asarray(image).astype(np.int16)
     foreground = pixels.min(2) < settings.white
     stats = dict.fromkeys(STAT_COLUMNS, 0.0)
     stats["foreground_share"] = float(foreground.mean())
@@ -90,7 +91,8 @@ def texture_share(image: Image.Image, settings: PhotoSettings = PhotoSettings())
     edges (so drawn outlines and their ringing do not count).
     """
     scale = settings.texture_scale
-    small = image.convert("RGB").resize((max(1, image.width // scale), max(1, image.height // scale)),
+    rgb = image if image.mode == "RGB" else image.convert("RGB")
+    small = rgb.resize((max(1, image.width // scale), max(1, image.height // scale)),
                                         Image.Resampling.BOX)
     foreground = Image.fromarray(((np.asarray(small).min(2) < settings.white) * 255).astype(np.uint8))
     luma = small.convert("L")
