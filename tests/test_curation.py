@@ -13,8 +13,9 @@ from PIL import Image, ImageDraw, ImageEnhance
 
 from illustra.bench.assemble import cut_out
 from illustra.curation.duplicates import DuplicateSettings, find_duplicates
-from illustra.curation.photos import image_statistics, photo_index, texture_share
-from illustra.curation.run import curate
+from illustra.curation.photos import PhotoSettings, image_statistics, photo_index, texture_share, texture_view_logits
+from illustra.curation.run import CurationSettings, curate
+from illustra.curation.texture import foreground_patches
 from illustra.data.cache import CacheSpec, open_pixels
 from illustra.data.index import IndexSettings, index_dataset
 from illustra.ssl.encoder import Encoder, EncoderConfig
@@ -45,9 +46,9 @@ def photo(seed: int, size: int = 160) -> Image.Image:
     return Image.fromarray(noisy.clip(0, 255).astype(np.uint8))
 
 
-def photo_cut_out(seed: int) -> Image.Image:
+def photo_cut_out(seed: int, size: int = 160) -> Image.Image:
     """A photograph-like image cut out along a blob outline onto white (as the holdout builder makes them)."""
-    piece = cut_out(photo(seed), seed=seed)
+    piece = cut_out(photo(seed, size), seed=seed)
     return Image.alpha_composite(Image.new("RGBA", piece.size, "white"), piece).convert("RGB")
 
 
@@ -159,6 +160,31 @@ def test_white_background_is_no_evidence_against_a_photo_by_default():
     assert index[-1] > index[3:-1].max()  # the cut-out ranks above every drawing
 
 
+def test_foreground_patches_lie_inside_the_foreground():
+    rng = np.random.default_rng(0)
+    patches = foreground_patches(drawing("face"), 32, 8, rng)
+    assert len(patches) == 8
+    assert all((p.min(2) < 240).mean() >= 0.95 for p in patches)
+    assert len(foreground_patches(Image.new("RGB", (128, 128), "white"), 32, 8, rng)) == 0
+    assert len(foreground_patches(photo(0, size=24), 32, 8, rng)) == 0  # smaller than one patch
+    assert len(foreground_patches(photo_cut_out(3), 32, 8, rng)) == 8  # a cut-out has patches inside its outline
+
+
+def test_texture_view_learns_from_the_frame_view_and_calls_a_cut_out_it_missed():
+    photos = [photo(s) for s in range(6)]
+    fills = ((250, 200, 40), (60, 140, 220), (200, 60, 60), (90, 200, 90), (150, 90, 200), (240, 140, 60))
+    drawings = [drawing(k, fill=c) for k in ("face", "house") for c in fills]
+    drawings += [jpeg(d, 75) for d in drawings]  # the cut-outs below are < 10 % of the negatives, as in real folders
+    cut_outs = [photo_cut_out(s, size=200) for s in (1, 4)]  # new pixels, palettes like the photos' 
+    images = photos + drawings + cut_outs
+    frame_score = np.array([0.99] * len(photos) + [0.01] * (len(drawings) + len(cut_outs)))  # the frame view misses cut-outs
+    rng = np.random.default_rng(0)
+    taken = [foreground_patches(image, 32, 8, rng) for image in images]
+    owner = np.concatenate([np.full(len(t), i) for i, t in enumerate(taken)])
+    logits = texture_view_logits(frame_score, np.concatenate(taken), owner, PhotoSettings(texture_steps=150))
+    assert logits[-2:].min() > 0 > logits[len(photos):-2].max(), logits.round(1)
+
+
 def tiny_encoder(path: Path) -> Path:
     """A randomly initialised encoder file (curation needs embeddings; quality is not under test here)."""
     torch.manual_seed(0)
@@ -173,12 +199,14 @@ def test_curate_writes_every_output_and_never_touches_data(fixture_bench, tmp_pa
     data = fixture_bench / "training"
     before = {p: p.read_bytes() for p in data.rglob("*") if p.is_file()}
     encoder = tiny_encoder(tmp_path / "encoder.safetensors")
-    summary = curate(data, tmp_path / "cur", tmp_path / "work", encoder)
+    settings = CurationSettings(photos=PhotoSettings(texture_steps=60))  # a short texture view keeps the test fast
+    summary = curate(data, tmp_path / "cur", tmp_path / "work", encoder, settings)
     for name in ("manifest.csv", "clean.csv", "duplicates.csv", "photos.csv", "problems.csv", "report.html"):
         assert (tmp_path / "cur" / name).is_file(), name
     assert {p: p.read_bytes() for p in data.rglob("*") if p.is_file()} == before
     photos = pd.read_csv(tmp_path / "cur" / "photos.csv")
-    assert list(photos.columns) == ["path", "photo_score", "is_photo"]
+    assert list(photos.columns) == ["path", "photo_score", "is_photo", "frame_score", "patch_logit"]
+    assert photos["photo_score"].between(0, 1).all()
     assert not photos["path"].str.contains("\\\\").any() and not photos["path"].str.startswith("/").any()
     truth = pd.read_csv(fixture_bench / "truth" / "duplicates.csv")
     exact = truth[truth["transform"] == "exact"]

@@ -1,14 +1,20 @@
 """Label-free photo detection: image statistics that separate photographs from drawings, HDBSCAN, a stated rule.
 
-Statistics are measured at native resolution (at most 256 px on the long side) because the 64 px cache
-smooths away exactly the texture that tells a photograph from a drawing. They are computed on the
-foreground when the background is plain white. Nothing here reads file names, folders or formats.
+Two views. The frame view (statistics, HDBSCAN, a Gaussian-mixture rule, self-training with the SSL
+embedding) judges the whole picture. The texture view (`illustra.curation.texture`) judges small patches
+inside the foreground, so it also sees a photo cut out onto white; it learns from the frame view's
+confident decisions. Either view can call a photo.
+
+Statistics and patches are taken at native resolution (at most 256 px on the long side) because the
+64 px cache smooths away exactly the texture that tells a photograph from a drawing. They are computed
+on the foreground when the background is plain white. Nothing here reads file names, folders or formats.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import hdbscan
 import numpy as np
@@ -18,6 +24,7 @@ from sklearn.decomposition import PCA
 from sklearn.mixture import GaussianMixture
 from sklearn.preprocessing import RobustScaler
 
+from illustra.curation.texture import fit_texture_net, foreground_patches, image_means, patch_logits
 from illustra.data.imageio import load_image
 
 STAT_COLUMNS = ("foreground_share", "flat_share", "soft_edge_share", "sharp_edge_share", "colour_log_count",
@@ -46,6 +53,13 @@ class PhotoSettings:
     self_training_rounds: int = 1    # logistic regression on confident pseudo-labels, stats + embedding PCA; 0: off
     self_training_components: int = 16
     self_training_confidence: float = 0.9  # round 1 trusts scores above this / below 1 - this; later rounds 0.95
+    texture_view: bool = True        # patch CNN on the foreground, trained on the frame view's confident calls
+    patch_size: int = 32             # patch side, pixels at stats_side scale
+    patches_per_image: int = 8
+    texture_steps: int = 1500        # training steps (batch 128); about 2 min on 2 CPU cores
+    texture_seconds: float = 600.0   # time budget for that training
+    texture_confidence: float = 0.9  # frame scores above this / below 1 - this are its pseudo-labels
+    texture_threshold: float = 0.0   # mean patch logit above which the texture view calls a photo
     seed: int = 0
 
     @classmethod
@@ -58,12 +72,17 @@ class PhotoSettings:
         return asdict(self)
 
 
-def image_statistics(image: Image.Image, settings: PhotoSettings = PhotoSettings()) -> dict[str, float]:
-    """Photo-vs-drawing statistics of one RGB image (see STAT_COLUMNS)."""
+def stats_image(image: Image.Image, settings: PhotoSettings = PhotoSettings()) -> Image.Image:
+    """The RGB image statistics and patches are measured on: at most `stats_side` on the long side."""
     if max(image.size) > settings.stats_side:
         image = image.copy()
         image.thumbnail((settings.stats_side, settings.stats_side), Image.Resampling.BOX)
-    image = image.convert("RGB")  # once, shared with texture_share
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def image_statistics(image: Image.Image, settings: PhotoSettings = PhotoSettings()) -> dict[str, float]:
+    """Photo-vs-drawing statistics of one RGB image (see STAT_COLUMNS)."""
+    image = stats_image(image, settings)  # once, shared with texture_share
     pixels = np.asarray(image).astype(np.int16)
     foreground = pixels.min(2) < settings.white
     stats = dict.fromkeys(STAT_COLUMNS, 0.0)
@@ -106,18 +125,43 @@ def texture_share(image: Image.Image, settings: PhotoSettings = PhotoSettings())
     return float((residual[calm] >= settings.texture_step).mean()) if calm.sum() >= 16 else 0.0
 
 
+class PhotoEvidence(NamedTuple):
+    """What one decoding pass measures: statistics per row, foreground patches and the row position each came from."""
+
+    stats: pd.DataFrame
+    patches: np.ndarray  # (N, P, P, 3) uint8
+    owner: np.ndarray    # (N,) row position in the manifest
+
+
+def photo_evidence(data: str | Path, manifest: pd.DataFrame, settings: PhotoSettings = PhotoSettings(),
+                   progress=None) -> PhotoEvidence:
+    """Statistics and foreground patches for every usable manifest row, from one decode per file."""
+    data = Path(data)
+    rows, patches, owners = [], [], []
+    empty = np.zeros((0, settings.patch_size, settings.patch_size, 3), np.uint8)
+    for position, (path, usable) in enumerate(zip(manifest["path"], manifest["cache_row"] >= 0)):
+        result = load_image(data / path) if usable else None
+        if result is None or result.image is None:
+            rows.append(dict.fromkeys(STAT_COLUMNS, np.nan))
+        else:
+            image = stats_image(result.image, settings)
+            rows.append(image_statistics(image, settings))
+            if settings.texture_view:
+                rng = np.random.default_rng([settings.seed, position])
+                taken = foreground_patches(image, settings.patch_size, settings.patches_per_image, rng, settings.white)
+                patches.append(taken)
+                owners.append(np.full(len(taken), position))
+        if progress is not None:
+            progress.update(1)
+    return PhotoEvidence(pd.DataFrame(rows, index=manifest.index, columns=list(STAT_COLUMNS)),
+                         np.concatenate(patches or [empty]), np.concatenate(owners or [np.zeros(0, int)]).astype(int))
+
+
 def statistics_table(data: str | Path, manifest: pd.DataFrame, settings: PhotoSettings = PhotoSettings(),
                      progress=None) -> pd.DataFrame:
     """Statistics for every usable manifest row (NaN for rows that did not load)."""
-    data = Path(data)
-    rows = []
-    for path, usable in zip(manifest["path"], manifest["cache_row"] >= 0):
-        result = load_image(data / path) if usable else None
-        rows.append(image_statistics(result.image, settings) if result is not None and result.image is not None
-                    else dict.fromkeys(STAT_COLUMNS, np.nan))
-        if progress is not None:
-            progress.update(1)
-    return pd.DataFrame(rows, index=manifest.index, columns=list(STAT_COLUMNS))
+    no_patches = PhotoSettings(**{**settings.to_dict(), "texture_view": False})
+    return photo_evidence(data, manifest, no_patches, progress).stats
 
 
 def photo_index(stats: pd.DataFrame, settings: PhotoSettings = PhotoSettings()) -> np.ndarray:
@@ -130,17 +174,19 @@ def photo_index(stats: pd.DataFrame, settings: PhotoSettings = PhotoSettings()) 
             + settings.texture_weight * scaled[:, 3])
 
 
-def detect_photos(stats: pd.DataFrame, embeddings: np.ndarray | None,
-                  settings: PhotoSettings = PhotoSettings()) -> pd.DataFrame:
-    """`photo_score` (0-1), `is_photo`, `photo_cluster` for every row with statistics.
+def detect_photos(stats: pd.DataFrame, embeddings: np.ndarray | None, settings: PhotoSettings = PhotoSettings(),
+                  patches: np.ndarray | None = None, owner: np.ndarray | None = None, progress=None) -> pd.DataFrame:
+    """`photo_score` (0-1), `is_photo`, `photo_cluster`, and each view's own output, for every row with statistics.
 
-    Rule, stated: a Gaussian mixture (size by BIC) on the photo index; the component with the most
+    Frame view, stated: a Gaussian mixture (size by BIC) on the photo index; the component with the most
     photo-like mean is 'photo'; each image's posterior is averaged over its HDBSCAN cluster (stats +
-    embedding PCA), so whole clusters move together and noise points keep their own posterior.
-    Then `self_train` refines the scores with the SSL embedding. Benchmark F1 0.936; on holdout folders of
-    unseen styles plain photo crops are found (recall 0.92-0.96) but cut-outs on white are not (RESULTS.md).
+    embedding PCA), so whole clusters move together and noise points keep their own posterior; then
+    `self_train` refines the scores with the SSL embedding (`frame_score`). Texture view: a patch CNN
+    trained on the frame view's confident calls (`patch_logit`, `texture_view_logits`). `combine_views`
+    lets either call a photo. Measured numbers are in benchmarks/RESULTS.md.
     """
-    out = pd.DataFrame({"photo_score": np.nan, "is_photo": False, "photo_cluster": -1}, index=stats.index)
+    out = pd.DataFrame({"photo_score": np.nan, "is_photo": False, "photo_cluster": -1,
+                        "frame_score": np.nan, "patch_logit": np.nan}, index=stats.index)
     valid = stats.notna().all(axis=1).to_numpy()
     if valid.sum() < max(settings.min_cluster_size, 10):
         return out
@@ -159,10 +205,40 @@ def detect_photos(stats: pd.DataFrame, embeddings: np.ndarray | None,
         score[labels == cluster] = posterior[labels == cluster].mean()
     if embeddings is not None and settings.self_training_rounds > 0:
         score = self_train(table, embeddings[valid], score, settings)
-    out.loc[valid, "photo_score"] = score
-    out.loc[valid, "is_photo"] = score > settings.threshold
+    out.loc[valid, "frame_score"] = score
     out.loc[valid, "photo_cluster"] = labels
+    if settings.texture_view and patches is not None and owner is not None and len(patches):
+        out["patch_logit"] = texture_view_logits(out["frame_score"].to_numpy(), patches, owner, settings, progress)
+    out["photo_score"] = combine_views(out["frame_score"].to_numpy(), out["patch_logit"].to_numpy(), settings)
+    out["is_photo"] = out["photo_score"].fillna(0) > settings.threshold
     return out
+
+
+def texture_view_logits(frame_score: np.ndarray, patches: np.ndarray, owner: np.ndarray,
+                        settings: PhotoSettings = PhotoSettings(), progress=None) -> np.ndarray:
+    """Mean patch logit per row from a TextureNet trained on the frame view's confident calls (NaN: no patch).
+
+    All NaN when either side has fewer than 5 confident images with patches (nothing to learn from).
+    """
+    confidence = settings.texture_confidence
+    per_patch = frame_score[owner]
+    labels = np.where(per_patch > confidence, 1, np.where(per_patch < 1 - confidence, 0, -1))
+    if min(len(np.unique(owner[labels == 1])), len(np.unique(owner[labels == 0]))) < 5:
+        return np.full(len(frame_score), np.nan)
+    train = labels >= 0
+    model = fit_texture_net(patches[train], labels[train], steps=settings.texture_steps,
+                            seconds=settings.texture_seconds, seed=settings.seed, progress=progress)
+    return image_means(owner, patch_logits(model, patches), len(frame_score))
+
+
+def combine_views(frame_score: np.ndarray, patch_logit: np.ndarray, settings: PhotoSettings = PhotoSettings()) -> np.ndarray:
+    """Either view can call a photo: the larger of the frame score and the texture view's shifted sigmoid.
+
+    With the default threshold 0.5 this is `frame_score > 0.5 or patch_logit > texture_threshold`;
+    a row without patches keeps its frame score.
+    """
+    texture = 1 / (1 + np.exp(-(np.asarray(patch_logit, float) - settings.texture_threshold)))
+    return np.where(np.isnan(texture), frame_score, np.fmax(frame_score, texture))
 
 
 def self_train(stats: pd.DataFrame, embeddings: np.ndarray, score: np.ndarray, settings: PhotoSettings) -> np.ndarray:

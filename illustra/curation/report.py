@@ -169,8 +169,14 @@ def photos_section(manifest: pd.DataFrame, pixels: np.ndarray) -> str:
     for cluster, members in scored[scored["photo_cluster"] >= 0].groupby("photo_cluster"):
         clusters.append(f"<div>cluster {cluster}: {len(members)} images, mean score "
                         f"{members['photo_score'].mean():.2f}{_thumbs(manifest, pixels, members.index, 12)}</div>")
-    body = (f"<p>{int(scored['is_photo'].sum())} images flagged as photographs (dropped from the cleaned set).</p>"
+    frame_only = scored["frame_score"].fillna(0) > 0.5 if "frame_score" in scored else scored["is_photo"]
+    texture_only = scored[scored["is_photo"].astype(bool) & ~frame_only]
+    body = (f"<p>{int(scored['is_photo'].sum())} images flagged as photographs (dropped from the cleaned set): "
+            f"{int(frame_only.sum())} by the frame view (statistics + embedding), {len(texture_only)} more by the "
+            f"texture view (patch CNN on the foreground; it sees photos cut out onto white).</p>"
             f"{figure_tag(fig)}<h4>most photo-like</h4>{_thumbs(manifest, pixels, order.index[::-1])}"
+            f"<h4>called by the texture view only (most confident first)</h4>"
+            f"{_thumbs(manifest, pixels, texture_only.sort_values('patch_logit', ascending=False).index)}"
             f"<h4>least photo-like</h4>{_thumbs(manifest, pixels, order.index)}"
             f"<h4>borderline (score near 0.5)</h4>{_thumbs(manifest, pixels, border)}"
             f"<h4>HDBSCAN clusters</h4>{''.join(clusters)}")

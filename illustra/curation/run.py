@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from illustra.curation.balance import balance_columns, class_counts
 from illustra.curation.duplicates import DuplicateSettings, find_duplicates
-from illustra.curation.photos import PhotoSettings, detect_photos, statistics_table
+from illustra.curation.photos import PhotoSettings, detect_photos, photo_evidence
 from illustra.data.cache import CacheSpec, open_pixels
 from illustra.data.index import read_classes
 from illustra.data.manifest import save_manifest
@@ -86,12 +86,15 @@ def curate(data: str | Path, out: str | Path, work: str | Path, encoder: str | P
 
     step = time.perf_counter()
     if "photos" in jobs:
-        with tqdm(total=len(manifest), desc="photo statistics", unit="img", leave=False) as bar:
-            stats = statistics_table(data, manifest, settings.photos, bar)
-        photo_columns = detect_photos(stats, embeddings, settings.photos)
-        manifest = manifest.join(stats).join(photo_columns)
+        with tqdm(total=len(manifest), desc="photo statistics + patches", unit="img", leave=False) as bar:
+            evidence = photo_evidence(data, manifest, settings.photos, bar)
+        with tqdm(total=settings.photos.texture_steps, desc="texture view", unit="step", leave=False) as bar:
+            photo_columns = detect_photos(evidence.stats, embeddings, settings.photos, evidence.patches,
+                                          evidence.owner, bar)
+        manifest = manifest.join(evidence.stats).join(photo_columns)
     else:
-        manifest = manifest.assign(photo_score=np.nan, is_photo=False, photo_cluster=-1)
+        manifest = manifest.assign(photo_score=np.nan, is_photo=False, photo_cluster=-1, frame_score=np.nan,
+                                   patch_logit=np.nan)
     timings["photos"] = time.perf_counter() - step
 
     manifest["clean"] = clean_mask(manifest, settings)
@@ -131,7 +134,8 @@ def _write_outputs(out: Path, manifest: pd.DataFrame, pairs: pd.DataFrame) -> No
     duplicates.sort_values(["group", "keep"], ascending=[True, False]).to_csv(out / "duplicates.csv", index=False)
     pair_table = pairs.assign(a=manifest["path"].to_numpy()[pairs["a"]], b=manifest["path"].to_numpy()[pairs["b"]])
     pair_table.to_csv(out / "duplicate_pairs.csv", index=False)
-    manifest[["path", "photo_score", "is_photo"]].to_csv(out / "photos.csv", index=False, float_format="%.4f")
+    photo_columns = ["path", "photo_score", "is_photo", "frame_score", "patch_logit"]
+    manifest[photo_columns].to_csv(out / "photos.csv", index=False, float_format="%.4f")
     problem_rows = manifest.loc[manifest["cache_row"] < 0, ["path", "reason"]]
     blank = manifest[manifest["blank"].astype(bool)][["path"]].assign(reason="blank: almost no ink (< 0.2 % dark)")
     pd.concat([problem_rows, blank]).to_csv(out / "problems.csv", index=False)
