@@ -57,12 +57,18 @@ def main() -> None:
     ours = manifest["is_photo"].astype(bool).to_numpy()
     print(line("ours as run by `illustra curate`", truth, ours, manifest["photo_score"].to_numpy(), 0))
     print(by_style(manifest, Path(args.bench), ours))
+    if "frame_score" in manifest and manifest["patch_logit"].notna().any():  # each view of that run on its own
+        frame = manifest["frame_score"].fillna(0).to_numpy()
+        patch = manifest["patch_logit"].fillna(-99).to_numpy()
+        print(line("  its frame view alone (stats + embedding)", truth, frame > 0.5, frame, 0))
+        print(by_style(manifest, Path(args.bench), frame > 0.5))
+        print(line("  its texture view alone (patch CNN)", truth, patch > PhotoSettings().texture_threshold, patch, 0))
     stats = manifest[list(STAT_COLUMNS)]
     variants = {
         "statistics only (HDBSCAN + GMM rule, no embedding)": (None, PhotoSettings(self_training_rounds=0)),
         "statistics + embedding PCA 8 joined into HDBSCAN": (embeddings, PhotoSettings(embedding_components=8,
                                                                                         self_training_rounds=0)),
-        "default: statistics rule + self-training (stats + emb)": (embeddings, PhotoSettings()),
+        "frame view: statistics rule + self-training (stats + emb)": (embeddings, PhotoSettings()),
     }
     if args.sensitivity:  # how much the self-training result depends on its knobs
         for rounds in (1, 2, 3):

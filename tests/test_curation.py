@@ -175,7 +175,7 @@ def test_texture_view_learns_from_the_frame_view_and_calls_a_cut_out_it_missed()
     fills = ((250, 200, 40), (60, 140, 220), (200, 60, 60), (90, 200, 90), (150, 90, 200), (240, 140, 60))
     drawings = [drawing(k, fill=c) for k in ("face", "house") for c in fills]
     drawings += [jpeg(d, 75) for d in drawings]  # the cut-outs below are < 10 % of the negatives, as in real folders
-    cut_outs = [photo_cut_out(s, size=200) for s in (1, 4)]  # new pixels, palettes like the photos' 
+    cut_outs = [photo_cut_out(s, size=200) for s in (1, 4)]  # new pixels, palettes like the photos'
     images = photos + drawings + cut_outs
     frame_score = np.array([0.99] * len(photos) + [0.01] * (len(drawings) + len(cut_outs)))  # the frame view misses cut-outs
     rng = np.random.default_rng(0)

@@ -54,11 +54,13 @@ def save_manifest(manifest: pd.DataFrame, path: str | Path) -> Path:
 
 
 def load_manifest(path: str | Path) -> pd.DataFrame:
-    """Load a manifest CSV with string columns kept as strings (empty, not NaN)."""
+    """Load a manifest CSV: string columns as strings (empty, not NaN), empty numeric cells as NaN."""
     path = Path(path)
     if path.is_dir():
         path = path / MANIFEST_FILE
-    frame = pd.read_csv(path, dtype={c: str for c in STRING_COLUMNS}, keep_default_na=False)
+    frame = pd.read_csv(path, dtype={c: str for c in STRING_COLUMNS}, keep_default_na=False, na_values=[""])
+    present = [c for c in STRING_COLUMNS if c in frame]
+    frame[present] = frame[present].fillna("")
     return frame
 
 
