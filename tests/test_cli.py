@@ -44,7 +44,7 @@ def test_end_to_end_pretrain_curate_finetune_evaluate(fixture_bench, tmp_path, c
                  "--set", "epochs=1", "--set", "batch_size=32", "--set", "knn_every=0", *tiny]) == 0
     encoder = str(tmp_path / "ssl" / "encoder.safetensors")
     assert main(["curate", data, "--out", str(tmp_path / "cur"), "--encoder", encoder, "--work", work,
-                 "--only", "photos"]) == 0
+                 "--only", "photos", "--set", "photos.texture_steps=40"]) == 0
     assert main(["finetune", "--curation", str(tmp_path / "cur"), "--out", str(tmp_path / "ft"), "--encoder", encoder,
                  "--work", work, "--set", "epochs=1", "--set", "batch_size=16"]) == 0
     capsys.readouterr()

@@ -8,7 +8,8 @@ import pytest
 import yaml
 from test_curation import tiny_encoder
 
-from illustra.curation.run import curate
+from illustra.curation.photos import PhotoSettings
+from illustra.curation.run import CurationSettings, curate
 from illustra.experiments import runner
 from illustra.experiments.plan import expand_runs, load_plan
 from illustra.finetune.jobs import training_table
@@ -65,7 +66,8 @@ def test_shipped_plan_covers_the_required_factors():
 def curated(fixture_bench, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("exp")
     encoder = tiny_encoder(tmp / "encoder.safetensors")
-    curate(fixture_bench / "training", tmp / "cur", tmp / "work", encoder, jobs=("duplicates", "photos"))
+    settings = CurationSettings(photos=PhotoSettings(texture_steps=40))  # a short texture view keeps the test fast
+    curate(fixture_bench / "training", tmp / "cur", tmp / "work", encoder, settings, jobs=("duplicates", "photos"))
     return tmp, encoder
 
 

@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 from test_curation import tiny_encoder
 
-from illustra.curation.run import curate
+from illustra.curation.photos import PhotoSettings
+from illustra.curation.run import CurationSettings, curate
 from illustra.finetune.jobs import UnknownClassError, evaluate_folder, finetune_folder
 from illustra.finetune.model import load_classifier
 from illustra.finetune.split import leaking_groups, split_manifest
@@ -33,7 +34,8 @@ def tiny_run(fixture_bench, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ft")
     data = fixture_bench / "training"
     encoder = tiny_encoder(tmp / "encoder.safetensors")
-    curate(data, tmp / "cur", tmp / "work", encoder, jobs=("duplicates", "photos"))
+    settings = CurationSettings(photos=PhotoSettings(texture_steps=40))  # a short texture view keeps the test fast
+    curate(data, tmp / "cur", tmp / "work", encoder, settings, jobs=("duplicates", "photos"))
     config = FinetuneConfig(epochs=2, batch_size=16, ema_decay=0.9)
     summary = finetune_folder(tmp / "cur", tmp / "run", tmp / "work", config, encoder, progress=False)
     return data, tmp, summary
