@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import io
 import time
+from contextlib import nullcontext
 
 import numpy as np
 import torch
 from PIL import Image
 from torch import nn
+
+from illustra.ssl.pretrain import pick_device
 
 
 def foreground_patches(image: Image.Image, size: int, count: int, rng: np.random.Generator,
@@ -70,15 +73,17 @@ def fit_texture_net(patches: np.ndarray, labels: np.ndarray, steps: int = 1500, 
     """Train a TextureNet on patches labelled 1 (photo) / 0 (drawing), classes balanced in every batch.
 
     Augmentation: flips, quarter turns, and a JPEG round trip (quality 60-95) on half the patches.
-    Stops early when `seconds` run out (the one-cycle schedule is set for `steps`).
+    Stops early when `seconds` run out (the one-cycle schedule is set for `steps`). Uses CUDA when there
+    is one (bf16 autocast, channels_last).
     """
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
+    device = pick_device()
     positives, negatives = np.flatnonzero(labels == 1), np.flatnonzero(labels == 0)
-    model = TextureNet()
+    model = TextureNet().to(device, memory_format=torch.channels_last)
     optimiser = torch.optim.AdamW(model.parameters(), learning_rate, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, learning_rate, total_steps=steps)
-    targets = torch.cat([torch.ones(batch // 2), torch.zeros(batch // 2)])
+    targets = torch.cat([torch.ones(batch // 2), torch.zeros(batch // 2)]).to(device)
     started = time.perf_counter()
     model.train()
     for _ in range(steps):
@@ -89,7 +94,10 @@ def fit_texture_net(patches: np.ndarray, labels: np.ndarray, steps: int = 1500, 
         tensor = torch.rot90(_to_tensor(x), int(rng.integers(4)), (2, 3))
         if rng.random() < 0.5:
             tensor = tensor.flip(3)
-        loss = nn.functional.binary_cross_entropy_with_logits(model(tensor), targets)
+        tensor = tensor.to(device, memory_format=torch.channels_last)
+        with _autocast(device):
+            logits = model(tensor)
+        loss = nn.functional.binary_cross_entropy_with_logits(logits.float(), targets)
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
@@ -101,11 +109,21 @@ def fit_texture_net(patches: np.ndarray, labels: np.ndarray, steps: int = 1500, 
     return model.eval()
 
 
+def _autocast(device: torch.device):
+    """bf16 autocast on CUDA; nothing on CPU (bf16 convolutions are slower there)."""
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+
+
 @torch.no_grad()
 def patch_logits(model: TextureNet, patches: np.ndarray, chunk: int = 2048) -> np.ndarray:
-    """The model's logit for every patch."""
-    return np.concatenate([model(_to_tensor(patches[i:i + chunk])).numpy() for i in range(0, len(patches), chunk)]
-                          or [np.zeros(0, np.float32)])
+    """The model's logit for every patch (float32, on the CPU)."""
+    device = next(model.parameters()).device
+    out = [np.zeros(0, np.float32)]
+    for start in range(0, len(patches), chunk):
+        tensor = _to_tensor(patches[start:start + chunk]).to(device, memory_format=torch.channels_last)
+        with _autocast(device):
+            out.append(model(tensor).float().cpu().numpy())
+    return np.concatenate(out)
 
 
 def image_means(owner: np.ndarray, values: np.ndarray, rows: int) -> np.ndarray:
