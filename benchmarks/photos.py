@@ -63,6 +63,8 @@ def main() -> None:
         print(line("  its frame view alone (stats + embedding)", truth, frame > 0.5, frame, 0))
         print(by_style(manifest, Path(args.bench), frame > 0.5))
         print(line("  its texture view alone (patch CNN)", truth, patch > PhotoSettings().texture_threshold, patch, 0))
+        sweep = [f"{t:+.1f}: {f1_score(truth, (frame > 0.5) | (patch > t)):.3f}" for t in (-1, -0.5, 0, 0.5, 1, 1.5, 2, 3)]
+        print("  F1 by texture_threshold (same run, views re-combined): " + ", ".join(sweep))
     stats = manifest[list(STAT_COLUMNS)]
     variants = {
         "statistics only (HDBSCAN + GMM rule, no embedding)": (None, PhotoSettings(self_training_rounds=0)),

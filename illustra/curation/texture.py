@@ -72,7 +72,8 @@ def fit_texture_net(patches: np.ndarray, labels: np.ndarray, steps: int = 1500, 
                     learning_rate: float = 2e-3, seconds: float = 600.0, seed: int = 0, progress=None) -> TextureNet:
     """Train a TextureNet on patches labelled 1 (photo) / 0 (drawing), classes balanced in every batch.
 
-    Augmentation: flips, quarter turns, and a JPEG round trip (quality 60-95) on half the patches.
+    Augmentation: flips, quarter turns, a JPEG round trip (quality 60-95) on half the patches, and colour
+    shuffles (channel order on half, grey on a fifth) so that texture, not a palette, is what it learns.
     Stops early when `seconds` run out (the one-cycle schedule is set for `steps`). Uses CUDA when there
     is one (bf16 autocast, channels_last).
     """
@@ -91,6 +92,7 @@ def fit_texture_net(patches: np.ndarray, labels: np.ndarray, steps: int = 1500, 
         x = patches[chosen].copy()
         for i in np.flatnonzero(rng.random(len(x)) < 0.5):
             x[i] = _recompress(x[i], int(rng.integers(60, 96)))
+        x = _shuffle_colours(x, rng)
         tensor = torch.rot90(_to_tensor(x), int(rng.integers(4)), (2, 3))
         if rng.random() < 0.5:
             tensor = tensor.flip(3)
@@ -107,6 +109,15 @@ def fit_texture_net(patches: np.ndarray, labels: np.ndarray, steps: int = 1500, 
         if time.perf_counter() - started > seconds:
             break
     return model.eval()
+
+
+def _shuffle_colours(patches: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Channel order permuted on half the patches, grey on a fifth: colour is not the cue to learn."""
+    orders = np.stack([rng.permutation(3) if flip else np.arange(3) for flip in rng.random(len(patches)) < 0.5])
+    patches = np.take_along_axis(patches, orders[:, None, None, :], axis=3)
+    grey = rng.random(len(patches)) < 0.2
+    patches[grey] = patches[grey].mean(3, keepdims=True).astype(np.uint8)
+    return patches
 
 
 def _autocast(device: torch.device):
