@@ -13,7 +13,14 @@ from PIL import Image, ImageDraw, ImageEnhance
 
 from illustra.bench.assemble import cut_out
 from illustra.curation.duplicates import DuplicateSettings, find_duplicates
-from illustra.curation.photos import PhotoSettings, image_statistics, photo_index, texture_share, texture_view_logits
+from illustra.curation.photos import (
+    PhotoSettings,
+    combine_views,
+    image_statistics,
+    photo_index,
+    texture_share,
+    texture_view_logits,
+)
 from illustra.curation.run import CurationSettings, curate
 from illustra.curation.texture import foreground_patches
 from illustra.data.cache import CacheSpec, open_pixels
@@ -185,6 +192,16 @@ def test_texture_view_learns_from_the_frame_view_and_calls_a_cut_out_it_missed()
     assert logits[-2:].min() > 0 > logits[len(photos):-2].max(), logits.round(1)
 
 
+def test_either_view_calls_a_photo_and_an_image_without_patches_keeps_its_frame_score():
+    frame = np.array([0.9, 0.1, 0.1, 0.6, 0.2])
+    patch = np.array([-5.0, 2.0, -2.0, np.nan, np.nan])
+    score = combine_views(frame, patch)
+    assert (score > 0.5).tolist() == [True, True, False, True, False]
+    assert score[3] == 0.6 and score[4] == 0.2 and ((score >= frame) & (score <= 1)).all()
+    stricter = combine_views(frame, patch, PhotoSettings(texture_threshold=3.0))
+    assert (stricter > 0.5).tolist() == [True, False, False, True, False]
+
+
 def tiny_encoder(path: Path) -> Path:
     """A randomly initialised encoder file (curation needs embeddings; quality is not under test here)."""
     torch.manual_seed(0)
@@ -207,6 +224,7 @@ def test_curate_writes_every_output_and_never_touches_data(fixture_bench, tmp_pa
     photos = pd.read_csv(tmp_path / "cur" / "photos.csv")
     assert list(photos.columns) == ["path", "photo_score", "is_photo", "frame_score", "patch_logit"]
     assert photos["photo_score"].between(0, 1).all()
+    assert any((tmp_path / "cur" / "tb").glob("events.out.tfevents.*"))  # the texture view's loss curve
     assert not photos["path"].str.contains("\\\\").any() and not photos["path"].str.startswith("/").any()
     truth = pd.read_csv(fixture_bench / "truth" / "duplicates.csv")
     exact = truth[truth["transform"] == "exact"]

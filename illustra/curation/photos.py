@@ -175,7 +175,8 @@ def photo_index(stats: pd.DataFrame, settings: PhotoSettings = PhotoSettings()) 
 
 
 def detect_photos(stats: pd.DataFrame, embeddings: np.ndarray | None, settings: PhotoSettings = PhotoSettings(),
-                  patches: np.ndarray | None = None, owner: np.ndarray | None = None, progress=None) -> pd.DataFrame:
+                  patches: np.ndarray | None = None, owner: np.ndarray | None = None, progress=None,
+                  writer=None) -> pd.DataFrame:
     """`photo_score` (0-1), `is_photo`, `photo_cluster`, and each view's own output, for every row with statistics.
 
     Frame view, stated: a Gaussian mixture (size by BIC) on the photo index; the component with the most
@@ -208,14 +209,15 @@ def detect_photos(stats: pd.DataFrame, embeddings: np.ndarray | None, settings: 
     out.loc[valid, "frame_score"] = score
     out.loc[valid, "photo_cluster"] = labels
     if settings.texture_view and patches is not None and owner is not None and len(patches):
-        out["patch_logit"] = texture_view_logits(out["frame_score"].to_numpy(), patches, owner, settings, progress)
+        out["patch_logit"] = texture_view_logits(out["frame_score"].to_numpy(), patches, owner, settings, progress,
+                                                 writer)
     out["photo_score"] = combine_views(out["frame_score"].to_numpy(), out["patch_logit"].to_numpy(), settings)
     out["is_photo"] = out["photo_score"].fillna(0) > settings.threshold
     return out
 
 
 def texture_view_logits(frame_score: np.ndarray, patches: np.ndarray, owner: np.ndarray,
-                        settings: PhotoSettings = PhotoSettings(), progress=None) -> np.ndarray:
+                        settings: PhotoSettings = PhotoSettings(), progress=None, writer=None) -> np.ndarray:
     """Mean patch logit per row from a TextureNet trained on the frame view's confident calls (NaN: no patch).
 
     All NaN when either side has fewer than 5 confident images with patches (nothing to learn from).
@@ -227,7 +229,7 @@ def texture_view_logits(frame_score: np.ndarray, patches: np.ndarray, owner: np.
         return np.full(len(frame_score), np.nan)
     train = labels >= 0
     model = fit_texture_net(patches[train], labels[train], steps=settings.texture_steps,
-                            seconds=settings.texture_seconds, seed=settings.seed, progress=progress)
+                            seconds=settings.texture_seconds, seed=settings.seed, progress=progress, writer=writer)
     return image_means(owner, patch_logits(model, patches), len(frame_score))
 
 

@@ -88,9 +88,12 @@ def curate(data: str | Path, out: str | Path, work: str | Path, encoder: str | P
     if "photos" in jobs:
         with tqdm(total=len(manifest), desc="photo statistics + patches", unit="img", leave=False) as bar:
             evidence = photo_evidence(data, manifest, settings.photos, bar)
+        writer = _tensorboard(out / "tb")
         with tqdm(total=settings.photos.texture_steps, desc="texture view", unit="step", leave=False) as bar:
             photo_columns = detect_photos(evidence.stats, embeddings, settings.photos, evidence.patches,
-                                          evidence.owner, bar)
+                                          evidence.owner, bar, writer)
+        if writer is not None:
+            writer.close()
         manifest = manifest.join(evidence.stats).join(photo_columns)
     else:
         manifest = manifest.assign(photo_score=np.nan, is_photo=False, photo_cluster=-1, frame_score=np.nan,
@@ -111,6 +114,15 @@ def curate(data: str | Path, out: str | Path, work: str | Path, encoder: str | P
         write_report(out / "report.html", manifest, pixels, embeddings, pairs, classes, summary)
         summary["seconds"]["report"] = round(time.perf_counter() - step, 1)
     return summary
+
+
+def _tensorboard(folder: Path):
+    """A TensorBoard writer for the photo job's texture view (OUT/tb), or None when tensorboard is missing."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # pragma: no cover
+        return None
+    return SummaryWriter(str(folder))
 
 
 def _decision(manifest: pd.DataFrame) -> pd.Series:

@@ -69,11 +69,13 @@ def _recompress(patch: np.ndarray, quality: int) -> np.ndarray:
 
 
 def fit_texture_net(patches: np.ndarray, labels: np.ndarray, steps: int = 1500, batch: int = 128,
-                    learning_rate: float = 2e-3, seconds: float = 600.0, seed: int = 0, progress=None) -> TextureNet:
+                    learning_rate: float = 2e-3, seconds: float = 600.0, seed: int = 0, progress=None,
+                    writer=None) -> TextureNet:
     """Train a TextureNet on patches labelled 1 (photo) / 0 (drawing), classes balanced in every batch.
 
     Augmentation: flips, quarter turns, a JPEG round trip (quality 60-95) on half the patches, and colour
     shuffles (channel order on half, grey on a fifth) so that texture, not a palette, is what it learns.
+    `writer` (a TensorBoard SummaryWriter) gets the loss every 25 steps.
     Stops early when `seconds` run out (the one-cycle schedule is set for `steps`). Uses CUDA when there
     is one (bf16 autocast, channels_last).
     """
@@ -87,7 +89,7 @@ def fit_texture_net(patches: np.ndarray, labels: np.ndarray, steps: int = 1500, 
     targets = torch.cat([torch.ones(batch // 2), torch.zeros(batch // 2)]).to(device)
     started = time.perf_counter()
     model.train()
-    for _ in range(steps):
+    for step in range(steps):
         chosen = np.concatenate([rng.choice(positives, batch // 2), rng.choice(negatives, batch // 2)])
         x = patches[chosen].copy()
         for i in np.flatnonzero(rng.random(len(x)) < 0.5):
@@ -106,6 +108,8 @@ def fit_texture_net(patches: np.ndarray, labels: np.ndarray, steps: int = 1500, 
         schedule.step()
         if progress is not None:
             progress.update(1)
+        if writer is not None and step % 25 == 0:
+            writer.add_scalar("texture_view/loss", loss.item(), step)
         if time.perf_counter() - started > seconds:
             break
     return model.eval()
