@@ -118,7 +118,10 @@ def fit_texture_net(patches: np.ndarray, labels: np.ndarray, steps: int = 1500, 
 def _shuffle_colours(patches: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Channel order permuted on half the patches, grey on a fifth: colour is not the cue to learn."""
     orders = np.stack([rng.permutation(3) if flip else np.arange(3) for flip in rng.random(len(patches)) < 0.5])
-    patches = np.take_along_axis(patches, orders[:, None, None, :], axis=3)
+    patches = patches.copy()
+    for order in np.unique(orders, axis=0):  # at most 6 orders: one slice each, not a per-pixel gather
+        rows = (orders == order).all(1)
+        patches[rows] = patches[rows][..., order]
     grey = rng.random(len(patches)) < 0.2
     patches[grey] = patches[grey].mean(3, keepdims=True).astype(np.uint8)
     return patches
