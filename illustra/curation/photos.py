@@ -157,13 +157,6 @@ def photo_evidence(data: str | Path, manifest: pd.DataFrame, settings: PhotoSett
                          np.concatenate(patches or [empty]), np.concatenate(owners or [np.zeros(0, int)]).astype(int))
 
 
-def statistics_table(data: str | Path, manifest: pd.DataFrame, settings: PhotoSettings = PhotoSettings(),
-                     progress=None) -> pd.DataFrame:
-    """Statistics for every usable manifest row (NaN for rows that did not load)."""
-    no_patches = PhotoSettings(**{**settings.to_dict(), "texture_view": False})
-    return photo_evidence(data, manifest, no_patches, progress).stats
-
-
 def photo_index(stats: pd.DataFrame, settings: PhotoSettings = PhotoSettings()) -> np.ndarray:
     """One number per image, larger = more photo-like: fills the frame, soft edges, few sharp edges,
     textured foreground (robust z-scores, clipped to +-3 so no single statistic decides alone)."""

@@ -18,6 +18,7 @@ from illustra.data.cache import CacheSpec, open_pixels
 from illustra.data.index import read_classes
 from illustra.data.manifest import save_manifest
 from illustra.ssl.jobs import embed_folder
+from illustra.ssl.pretrain import tensorboard_writer
 
 JOBS = ("duplicates", "photos", "report")
 
@@ -88,7 +89,7 @@ def curate(data: str | Path, out: str | Path, work: str | Path, encoder: str | P
     if "photos" in jobs:
         with tqdm(total=len(manifest), desc="photo statistics + patches", unit="img", leave=False) as bar:
             evidence = photo_evidence(data, manifest, settings.photos, bar)
-        writer = _tensorboard(out / "tb")
+        writer = tensorboard_writer(out) if settings.photos.texture_view else None
         with tqdm(total=settings.photos.texture_steps, desc="texture view", unit="step", leave=False) as bar:
             photo_columns = detect_photos(evidence.stats, embeddings, settings.photos, evidence.patches,
                                           evidence.owner, bar, writer)
@@ -114,15 +115,6 @@ def curate(data: str | Path, out: str | Path, work: str | Path, encoder: str | P
         write_report(out / "report.html", manifest, pixels, embeddings, pairs, classes, summary)
         summary["seconds"]["report"] = round(time.perf_counter() - step, 1)
     return summary
-
-
-def _tensorboard(folder: Path):
-    """A TensorBoard writer for the photo job's texture view (OUT/tb), or None when tensorboard is missing."""
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:  # pragma: no cover
-        return None
-    return SummaryWriter(str(folder))
 
 
 def _decision(manifest: pd.DataFrame) -> pd.Series:

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import io
 import time
-from contextlib import nullcontext
 
 import numpy as np
 import torch
 from PIL import Image
 from torch import nn
 
-from illustra.ssl.pretrain import pick_device
+from illustra.ssl.pretrain import bf16_autocast, pick_device
 
 
 def foreground_patches(image: Image.Image, size: int, count: int, rng: np.random.Generator,
@@ -99,7 +98,7 @@ def fit_texture_net(patches: np.ndarray, labels: np.ndarray, steps: int = 1500, 
         if rng.random() < 0.5:
             tensor = tensor.flip(3)
         tensor = tensor.to(device, memory_format=torch.channels_last)
-        with _autocast(device):
+        with bf16_autocast(device):
             logits = model(tensor)
         loss = nn.functional.binary_cross_entropy_with_logits(logits.float(), targets)
         optimiser.zero_grad()
@@ -127,11 +126,6 @@ def _shuffle_colours(patches: np.ndarray, rng: np.random.Generator) -> np.ndarra
     return patches
 
 
-def _autocast(device: torch.device):
-    """bf16 autocast on CUDA; nothing on CPU (bf16 convolutions are slower there)."""
-    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
-
-
 @torch.no_grad()
 def patch_logits(model: TextureNet, patches: np.ndarray, chunk: int = 2048) -> np.ndarray:
     """The model's logit for every patch (float32, on the CPU)."""
@@ -139,7 +133,7 @@ def patch_logits(model: TextureNet, patches: np.ndarray, chunk: int = 2048) -> n
     out = [np.zeros(0, np.float32)]
     for start in range(0, len(patches), chunk):
         tensor = _to_tensor(patches[start:start + chunk]).to(device, memory_format=torch.channels_last)
-        with _autocast(device):
+        with bf16_autocast(device):
             out.append(model(tensor).float().cpu().numpy())
     return np.concatenate(out)
 

@@ -25,7 +25,7 @@ from illustra.curation.balance import class_weights, epoch_indices
 from illustra.finetune.model import Classifier, predict_proba, save_classifier
 from illustra.ssl.augment import ViewConfig, make_view, to_float
 from illustra.ssl.encoder import Encoder, EncoderConfig
-from illustra.ssl.pretrain import load_encoder, optimizer_tensors, pick_device, restore_optimizer
+from illustra.ssl.pretrain import load_encoder, optimizer_tensors, pick_device, restore_optimizer, tensorboard_writer
 from illustra.weights import load_weights, save_weights, with_prefix
 
 CHECKPOINT = "checkpoint.safetensors"
@@ -172,7 +172,7 @@ def finetune(train_images: np.ndarray, train_labels: np.ndarray, val_images: np.
         if config.imbalance == "weights" else None
     input_size = int(architecture["input_size"])
     steps_per_epoch = max(1, len(epoch_indices(train_labels, config.imbalance, np.random.default_rng(0))) // config.batch_size)
-    writer = _writer(run_dir)
+    writer = tensorboard_writer(run_dir)
     horizon = config.epochs
     while state["epoch"] < horizon:
         started = time.perf_counter()
@@ -281,14 +281,5 @@ def _restore(path: Path, model, optimizer, ema, gen) -> tuple[dict, np.random.Ge
     rng = np.random.default_rng()
     rng.bit_generator.state = meta["rng_numpy"]
     return meta["state"], rng
-
-
-def _writer(run_dir: Path):
-    """A TensorBoard writer, or None when tensorboard is missing."""
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:  # pragma: no cover
-        return None
-    return SummaryWriter(str(run_dir / "tb"))
 
 

@@ -215,7 +215,7 @@ def pretrain(
 
     criterion = NTXentLoss(temperature=config.temperature, gather_distributed=world > 1)
     trainable = nn.parallel.DistributedDataParallel(model) if world > 1 else model
-    writer = _writer(run_dir) if rank == 0 else None
+    writer = tensorboard_writer(run_dir) if rank == 0 else None
     data = torch.from_numpy(np.ascontiguousarray(pixels)).permute(0, 3, 1, 2)  # uint8, stays uint8 in RAM
     steps_per_epoch = len(data) // (config.batch_size * world)
     if steps_per_epoch < 1:
@@ -260,11 +260,18 @@ def _resume(run_dir: Path, model: SimCLR, optimizer, gen: torch.Generator, devic
     return state
 
 
-def _writer(run_dir: Path):
-    """TensorBoard writer under run_dir/tb."""
-    from torch.utils.tensorboard import SummaryWriter
+def tensorboard_writer(run_dir: Path):
+    """TensorBoard writer under run_dir/tb, or None when tensorboard is missing (every long job uses this one)."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # pragma: no cover
+        return None
+    return SummaryWriter(str(Path(run_dir) / "tb"))
 
-    return SummaryWriter(str(run_dir / "tb"))
+
+def bf16_autocast(device: torch.device):
+    """bf16 autocast on CUDA only: on CPU bf16 convolutions are slower than float32."""
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
 
 
 def _train_epoch(trainable, criterion, optimizer, data, gen, config, state, steps_per_epoch, rank, world,
@@ -273,8 +280,7 @@ def _train_epoch(trainable, criterion, optimizer, data, gen, config, state, step
     order = torch.randperm(len(data), generator=torch.Generator().manual_seed(config.seed + state.epoch))
     share = order[rank::world]
     size, batch = config.encoder.input_size, config.batch_size
-    # bf16 autocast on CUDA only: on CPU bf16 convolutions are slower than float32
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+    autocast = bf16_autocast(device)
     trainable.train()
     losses = []
     bar = tqdm(range(steps_per_epoch), desc=f"ssl epoch {state.epoch + 1}/{state.horizon_epochs}",
