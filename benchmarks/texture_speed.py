@@ -15,7 +15,7 @@ import time
 import numpy as np
 
 from illustra.curation.texture import fit_texture_net, patch_logits
-from illustra.ssl.pretrain import pick_device
+from illustra.train.device import pick_device
 
 
 def synthetic_patches(count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -52,13 +52,14 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
     from illustra.ssl.jobs import parse_duration, pretrain_folder
     from illustra.ssl.pretrain import PretrainConfig
 
-    raw = load_config(args.config, args.set)
+    raw = load_config(args.config, args.set, section="ssl")
     if args.time_budget:
         raw["time_budget_s"] = parse_duration(args.time_budget)
     config = PretrainConfig.from_dict(raw)
     summary = pretrain_folder(args.data, args.out, args.work, config, _data_cache_spec(), resume=args.resume)
     last = summary["history"][-1] if summary["history"] else {}
-    print(f"pretrained {summary['epochs']} epochs in {summary['wall_seconds']} s "
+    print(f"profile {config.profile}, device {summary['device']}: "
+          f"pretrained {summary['epochs']} epochs in {summary['wall_seconds']} s "
           f"({summary['view_images_per_second']} view-images/s); last: {last}")
     print(f"wrote {Path(args.out) / 'encoder.safetensors'} and {Path(args.out) / 'metrics.json'}; "
           f"TensorBoard: tensorboard --logdir {Path(args.out) / 'tb'}")
@@ -81,7 +82,7 @@ def _cmd_curate(args: argparse.Namespace) -> int:
     from illustra.config import load_config
     from illustra.curation.run import JOBS, CurationSettings, curate
 
-    settings = CurationSettings.from_dict(load_config(args.config, args.set))
+    settings = CurationSettings.from_dict(load_config(args.config, args.set, section="curation"))
     jobs = tuple(args.only) if args.only else JOBS
     summary = curate(args.data, args.out, args.work, args.encoder, settings, _data_cache_spec(), jobs)
     print(f"files {summary['files']}, usable {summary['usable']}, blank {summary['blank']}; duplicate groups "
@@ -101,7 +102,7 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     from illustra.finetune.train import FinetuneConfig
     from illustra.ssl.jobs import parse_duration
 
-    raw = load_config(args.config, args.set)
+    raw = load_config(args.config, args.set, section="finetune")
     if args.time_budget:
         raw["time_budget_s"] = parse_duration(args.time_budget)
     if args.from_scratch:
@@ -110,7 +111,8 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     summary = finetune_folder(args.curation, args.out, args.work, config, args.encoder, _data_cache_spec(),
                               resume=args.resume, final_on_all=args.all)
     last = summary["history"][-1] if summary["history"] else {}
-    print(f"mode {config.mode}: {summary['epochs']} epochs in {summary['seconds']} s; last epoch {last}")
+    print(f"profile {config.profile}, device {summary['device']}, mode {config.mode}: "
+          f"{summary['epochs']} epochs in {summary['seconds']} s; last epoch {last}")
     if "test_macro_f1" in summary:
         print(f"held-out test: macro F1 {summary['test_macro_f1']:.4f}, micro F1 {summary['test_micro_f1']:.4f} "
               f"(split sizes {summary['split_sizes']})")
@@ -248,8 +250,12 @@ def summarise_build(record: dict, out: Path) -> str:
 
 def _cmd_pipeline(args: argparse.Namespace) -> int:
     """Main job: build the benchmark, then run every stage that exists, in order."""
+    from illustra.train.device import pick_device
+    from illustra.train.profiles import resolve_profile
+
     out = Path(args.out)
     data, work = str(out / "bench" / "training"), str(out / "index")
+    print(f"device {pick_device()}, profile {resolve_profile()} (configs/profiles/; --device / --profile to choose)")
     encoder = Path(SHIPPED_ENCODER)
     steps = [
         ("bench build", ["bench", "build", "--out", str(out / "bench"), "--seed", str(args.seed)]),
@@ -257,8 +263,8 @@ def _cmd_pipeline(args: argparse.Namespace) -> int:
     ]
     if args.retrain or not encoder.exists():
         encoder = out / "ssl" / "encoder.safetensors"
-        steps.append(("pretrain", ["pretrain", "--data", data, "--out", str(out / "ssl"), "--work", work,
-                                   "--time-budget", args.ssl_budget]))
+        budget = ["--time-budget", args.ssl_budget] if args.ssl_budget else []  # else the profile's budget
+        steps.append(("pretrain", ["pretrain", "--data", data, "--out", str(out / "ssl"), "--work", work, *budget]))
     else:
         print(f"reusing the shipped encoder {encoder} (pass --retrain to pretrain it again)")
     steps.append(("embed", ["embed", "--data", data, "--encoder", str(encoder), "--out", str(out / "embeddings"),
@@ -267,8 +273,9 @@ def _cmd_pipeline(args: argparse.Namespace) -> int:
     steps.append(("curate", ["curate", data, "--out", str(out / "curation"), "--encoder", str(encoder), "--work", work]))
     if args.retrain or not classifier.exists():
         classifier = out / "finetune" / "classifier.safetensors"
+        budget = ["--time-budget", args.finetune_budget] if args.finetune_budget else []
         steps.append(("finetune", ["finetune", "--curation", str(out / "curation"), "--out", str(out / "finetune"),
-                                   "--encoder", str(encoder), "--work", work, "--time-budget", args.finetune_budget]))
+                                   "--encoder", str(encoder), "--work", work, *budget]))
     else:
         print(f"reusing the shipped classifier {classifier} (pass --retrain to fine-tune it again)")
     steps.append(("evaluate", ["evaluate", "--data", data, "--weights", str(classifier),
@@ -298,6 +305,10 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser with one sub-command per pipeline stage."""
     parser = argparse.ArgumentParser(prog="illustra", description=__doc__)
     commands = parser.add_subparsers(dest="command", metavar="<command>", required=True)
+    machine = argparse.ArgumentParser(add_help=False)  # the options every stage that computes shares
+    machine.add_argument("--device", choices=["auto", "cpu", "cuda"],
+                         help="where to compute (default auto: CUDA when available, else CPU)")
+    machine.add_argument("--profile", help="recipe for the machine: cpu or gpu (configs/profiles/; default: from the device)")
 
     bench = commands.add_parser("bench", help="build the public stand-in benchmark (or a small test fixture)")
     bench_commands = bench.add_subparsers(dest="bench_command", metavar="<bench command>", required=True)
@@ -332,7 +343,8 @@ def build_parser() -> argparse.ArgumentParser:
     scan.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     scan.set_defaults(run=_cmd_scan)
 
-    pretrain = commands.add_parser("pretrain", help="train the SimCLR encoder from random initialisation")
+    pretrain = commands.add_parser("pretrain", help="train the SimCLR encoder from random initialisation",
+                                   parents=[machine])
     pretrain.add_argument("--data", required=True, help="folder of class sub-folders (all images are used)")
     pretrain.add_argument("--out", required=True, help="run folder: checkpoint, encoder.safetensors, tb/")
     pretrain.add_argument("--work", default="work/index", help="manifest + pixel cache folder (default work/index)")
@@ -342,14 +354,16 @@ def build_parser() -> argparse.ArgumentParser:
     pretrain.add_argument("--resume", action="store_true", help="continue from RUN/checkpoint.safetensors")
     pretrain.set_defaults(run=_cmd_pretrain)
 
-    embed = commands.add_parser("embed", help="L2-normalised embeddings for every manifest row")
+    embed = commands.add_parser("embed", help="L2-normalised embeddings for every manifest row",
+                                   parents=[machine])
     embed.add_argument("--data", required=True)
     embed.add_argument("--encoder", default="checkpoints/encoder.safetensors")
     embed.add_argument("--out", required=True)
     embed.add_argument("--work", default="work/index")
     embed.set_defaults(run=_cmd_embed)
 
-    curate = commands.add_parser("curate", help="duplicates, photos, imbalance plan, cleaned manifest, report.html")
+    curate = commands.add_parser("curate", help="duplicates, photos, imbalance plan, cleaned manifest, report.html",
+                                   parents=[machine])
     curate.add_argument("data", help="folder of class sub-folders (never modified)")
     curate.add_argument("--out", required=True, help="folder for every curation output")
     curate.add_argument("--encoder", default=SHIPPED_ENCODER, help="encoder weights for the embeddings")
@@ -360,7 +374,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="run only these jobs (repeatable); duplicates always run")
     curate.set_defaults(run=_cmd_curate)
 
-    finetune = commands.add_parser("finetune", help="linear head / full fine-tune on the cleaned, balanced set")
+    finetune = commands.add_parser("finetune", help="linear head / full fine-tune on the cleaned, balanced set",
+                                   parents=[machine])
     finetune.add_argument("--curation", required=True, help="folder written by `illustra curate` (clean.csv)")
     finetune.add_argument("--out", required=True, help="run folder: classifier.safetensors, checkpoint, tb/, metrics.json")
     finetune.add_argument("--data", help="the data folder (for the record; pixels come from --work)")
@@ -383,7 +398,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("images", nargs="+")
     predict.set_defaults(run=_cmd_predict)
 
-    experiment = commands.add_parser("experiment", help="run an experiment plan: summary.csv + analysed report.html")
+    experiment = commands.add_parser("experiment", help="run an experiment plan: summary.csv + analysed report.html",
+                                   parents=[machine])
     experiment.add_argument("plan", nargs="?", default="experiments.yaml", help="plan YAML (default configs/experiments.yaml)")
     experiment.add_argument("--out", required=True, help="folder: runs/<name>/, summary.csv, analysis.json, report.html")
     experiment.add_argument("--curation", default="work/curation", help="folder written by `illustra curate`")
@@ -395,19 +411,38 @@ def build_parser() -> argparse.ArgumentParser:
     experiment.add_argument("--no-progress", action="store_true")
     experiment.set_defaults(run=_cmd_experiment)
 
-    pipeline = commands.add_parser("pipeline", help="main job: bench build -> scan -> every stage that exists")
+    pipeline = commands.add_parser("pipeline", help="main job: bench build -> scan -> every stage that exists",
+                                   parents=[machine])
     pipeline.add_argument("--out", default="work", help="folder for every output (default work/)")
     pipeline.add_argument("--seed", type=int, default=0)
     pipeline.add_argument("--retrain", action="store_true", help="retrain everything instead of reusing checkpoints/")
-    pipeline.add_argument("--ssl-budget", default="25m", help="time budget of SSL pretraining with --retrain")
-    pipeline.add_argument("--finetune-budget", default="10m", help="time budget of fine-tuning with --retrain")
+    pipeline.add_argument("--ssl-budget", help="time budget of SSL pretraining with --retrain (default: the profile's, "
+                          "25m on cpu, 4m on gpu)")
+    pipeline.add_argument("--finetune-budget", help="time budget of fine-tuning with --retrain (default: the profile's, "
+                          "10m on cpu, 3m on gpu)")
     pipeline.set_defaults(run=_cmd_pipeline)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `illustra` console script."""
+    import os
+
+    from illustra.train.device import DEVICE_ENV, DeviceError, pick_device
+    from illustra.train.profiles import PROFILE_ENV, resolve_profile
+
     args = build_parser().parse_args(argv)
+    if getattr(args, "device", None):
+        os.environ[DEVICE_ENV] = args.device  # every stage of this process (and of `pipeline`) computes there
+    if getattr(args, "profile", None):
+        os.environ[PROFILE_ENV] = args.profile
+    if hasattr(args, "device"):
+        try:
+            pick_device()
+            resolve_profile()
+        except (DeviceError, ValueError) as exc:
+            print(f"illustra {args.command}: {exc}", file=sys.stderr)
+            return 2
     return int(args.run(args) or 0)
 
 

@@ -19,16 +19,8 @@ from illustra.data.manifest import load_manifest
 from illustra.ssl.augment import ViewConfig, crop_and_flip, make_view, random_blur, random_grayscale, to_float
 from illustra.ssl.encoder import Encoder, EncoderConfig
 from illustra.ssl.jobs import embed_folder, parse_duration
-from illustra.ssl.pretrain import (
-    PretrainConfig,
-    SimCLR,
-    export_encoder,
-    load_encoder,
-    make_optimizer,
-    optimizer_tensors,
-    pretrain,
-    restore_optimizer,
-)
+from illustra.ssl.pretrain import PretrainConfig, SimCLR, export_encoder, load_encoder, make_optimizer, pretrain
+from illustra.train.checkpoint import optimizer_tensors, restore_optimizer
 from illustra.weights import read_metadata
 
 TINY = PretrainConfig(encoder=EncoderConfig(width=8, stages=2, input_size=16), epochs=3, batch_size=16,

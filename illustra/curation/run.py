@@ -18,7 +18,7 @@ from illustra.data.cache import CacheSpec, open_pixels
 from illustra.data.index import read_classes
 from illustra.data.manifest import save_manifest
 from illustra.ssl.jobs import embed_folder
-from illustra.ssl.pretrain import tensorboard_writer
+from illustra.train.loop import tensorboard_writer
 
 JOBS = ("duplicates", "photos", "report")
 

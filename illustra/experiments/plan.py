@@ -7,7 +7,6 @@ every other level is one run that changes only that factor. The baseline (and an
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -15,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from illustra.config import CONFIG_DIR, load_config
+from illustra.config import CONFIG_DIR, load_config, merge
 
 # Keys of a level that are not fine-tuning config keys.
 DATA_KEYS = ("duplicates", "photos")
@@ -73,24 +72,14 @@ def load_plan(path: str | Path, variant: str | None = None) -> Plan:
     for name, levels in factors.items():
         if not isinstance(levels, dict):
             raise ValueError(f"factor {name!r} needs a mapping of level name -> overrides")
-    return Plan(name=str(raw.get("name", path.stem)), finetune=load_config(_resolve(raw.get("finetune", "finetune.yaml"))),
+    # the device profile's recipe is the base; runs compare at fixed epochs, so no time budget unless the plan sets one
+    finetune = {**load_config(_resolve(raw.get("finetune", "finetune.yaml")), section="finetune"), "time_budget_s": 0}
+    ssl = {**load_config(_resolve(raw.get("ssl", "ssl.yaml")), section="ssl"), "time_budget_s": 0}
+    return Plan(name=str(raw.get("name", path.stem)), finetune=finetune,
                 defaults=raw.get("defaults") or {}, factors=factors, seeds=list(raw.get("seeds") or [0]),
                 repeat=list(raw.get("repeat") or []), split_seed=int(raw.get("split_seed", 0)),
                 encoder_weights=raw.get("encoder_weights"),
-                ssl_base=load_config(_resolve(raw.get("ssl", "ssl.yaml"))), source=str(path))
-
-
-def merge(base: dict, extra: dict) -> dict:
-    """Recursive dict merge of `extra` over `base`; a null value in `extra` removes that key."""
-    result = copy.deepcopy(base)
-    for key, value in extra.items():
-        if value is None:
-            result.pop(key, None)
-        elif isinstance(value, dict) and isinstance(result.get(key), dict):
-            result[key] = merge(result[key], value)
-        else:
-            result[key] = copy.deepcopy(value)
-    return result
+                ssl_base=ssl, source=str(path))
 
 
 def expand_runs(plan: Plan) -> list[Run]:

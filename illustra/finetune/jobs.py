@@ -20,7 +20,7 @@ from illustra.finetune.model import load_classifier, predict_proba, prepare
 from illustra.finetune.split import leaking_groups, split_manifest
 from illustra.finetune.train import CLASSIFIER, FinetuneConfig, finetune
 from illustra.ssl.jobs import preprocessing_of
-from illustra.ssl.pretrain import pick_device
+from illustra.train.device import pick_device
 
 
 class UnknownClassError(ValueError):

@@ -1,16 +1,15 @@
 """Fine-tuning: a linear head on the pretrained encoder (frozen or unfrozen) or the same recipe from scratch.
 
-The loop follows airbench's habit of naming every trick: batches from the in-memory pixel cache,
-batched tensor augmentation, label smoothing, warm-up + cosine, EMA of weights, the imbalance plan
-(sampler or class-weighted loss), bf16 autocast + channels_last on CUDA, an atomic safetensors
-checkpoint every epoch and `--resume`, and a wall-time budget that shortens the cosine horizon.
+What is fine-tuning's own: batches from the in-memory pixel cache in the imbalance plan's order
+(sampler or class-weighted loss), batched tensor augmentation, label smoothing, a head / encoder
+learning-rate split, validation macro-F1 each epoch. The rest (device, seeding of the head too,
+warm-up + cosine, EMA, time budget, bf16 + channels_last, DDP, atomic checkpoints with exact
+resume, progress, TensorBoard) is the training core's (`illustra.train`).
 """
 
 from __future__ import annotations
 
 import json
-import math
-import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -19,16 +18,15 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import f1_score
 from torch import nn
-from tqdm import tqdm
 
 from illustra.curation.balance import class_weights, epoch_indices
 from illustra.finetune.model import Classifier, predict_proba, save_classifier
 from illustra.ssl.augment import ViewConfig, make_view, to_float
-from illustra.ssl.encoder import Encoder, EncoderConfig
-from illustra.ssl.pretrain import load_encoder, optimizer_tensors, pick_device, restore_optimizer, tensorboard_writer
-from illustra.weights import load_weights, save_weights, with_prefix
+from illustra.ssl.encoder import Encoder, EncoderConfig, load_encoder
+from illustra.train.device import barrier
+from illustra.train.loop import CHECKPOINT, LoopSettings, Trainer, tensorboard_writer
 
-CHECKPOINT = "checkpoint.safetensors"
+__all__ = ["CHECKPOINT", "CLASSIFIER", "MODES", "FinetuneConfig", "build_model", "finetune", "make_optimizer"]
 CLASSIFIER = "classifier.safetensors"
 MODES = ("linear", "full", "scratch")
 
@@ -54,6 +52,8 @@ class FinetuneConfig:
     seed: int = 0
     time_budget_s: float = 0.0
     threads: int = 0
+    channels_last_cpu: bool = False    # channels_last on CPU too (CUDA always uses it); see benchmarks/RESULTS.md
+    profile: str = ""                  # the device profile the config was resolved with (recorded in the weights)
 
     @classmethod
     def from_dict(cls, raw: dict) -> FinetuneConfig:
@@ -73,21 +73,11 @@ class FinetuneConfig:
         return asdict(self)
 
 
-def learning_rate_factor(step: int, steps_per_epoch: int, warmup_epochs: int, horizon_epochs: int) -> float:
-    """Linear warm-up, then cosine to zero at the horizon."""
-    warmup = max(1, warmup_epochs * steps_per_epoch)
-    if step < warmup:
-        return (step + 1) / warmup
-    total = max(warmup + 1, horizon_epochs * steps_per_epoch)
-    return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / (total - warmup))))
-
-
 def build_model(config: FinetuneConfig, classes: int, encoder_path: str | Path | None) -> tuple[Classifier, dict]:
     """Classifier from the pretrained encoder (linear / full) or a random one (scratch); (model, architecture)."""
     if config.mode not in MODES:
         raise ValueError(f"unknown mode {config.mode!r}; one of {MODES}")
-    if config.mode == "scratch" or encoder_path is None:
-        torch.manual_seed(config.seed)
+    if config.mode == "scratch" or encoder_path is None:  # initialised from the trainer's seed (seed_everything)
         encoder, architecture = Encoder(config.encoder), config.encoder.to_dict()
     else:
         encoder, meta = load_encoder(encoder_path)
@@ -112,36 +102,36 @@ def make_optimizer(model: Classifier, config: FinetuneConfig) -> torch.optim.Opt
     return torch.optim.AdamW(groups, weight_decay=config.weight_decay)
 
 
-class EMA:
-    """Exponential moving average of the weights (and a copy of the buffers), evaluated instead of the raw model.
-
-    The decay warms up as min(decay, (1 + step) / (10 + step)), so a short run's average is not
-    dominated by the random initial head (at 0.998 the average spans ~500 steps).
-    """
-
-    def __init__(self, model: nn.Module, decay: float) -> None:
-        self.decay = decay
-        self.state = {k: v.detach().clone().float() for k, v in model.state_dict().items()}
-
-    @torch.no_grad()
-    def update(self, model: nn.Module, step: int) -> None:
-        decay = min(self.decay, (1 + step) / (10 + step))
-        for key, value in model.state_dict().items():
-            if value.dtype.is_floating_point:
-                self.state[key].mul_(decay).add_(value.detach().float(), alpha=1 - decay)
-            else:
-                self.state[key].copy_(value)
-
-    def copy_to(self, model: nn.Module) -> None:
-        model.load_state_dict({k: v.to(model.state_dict()[k].dtype) for k, v in self.state.items()})
-
-
 def macro_f1(model: Classifier, images: torch.Tensor, labels: np.ndarray, input_size: int, classes: int) -> float:
     """Macro-F1 over all classes of a model on uint8 squares."""
     if len(labels) == 0:
         return float("nan")
     predicted = predict_proba(model, images, input_size).argmax(1)
     return float(f1_score(labels, predicted, average="macro", labels=list(range(classes)), zero_division=0))
+
+
+class ClassifierTask:
+    """Fine-tuning's batches (the imbalance plan's epoch order, this rank's share, batched views) and its loss."""
+
+    def __init__(self, images: torch.Tensor, labels: np.ndarray, config: FinetuneConfig, input_size: int,
+                 weights: torch.Tensor | None, trainer: Trainer, steps_per_epoch: int) -> None:
+        self.images, self.labels, self.config, self.size = images, labels, config, input_size
+        self.weights, self.trainer, self.steps = weights, trainer, steps_per_epoch
+
+    def batches(self, epoch: int, random, device: torch.device):
+        order = epoch_indices(self.labels, self.config.imbalance, random.epoch_order(epoch))  # same on every rank
+        batch, rank, world = self.config.batch_size, self.trainer.rank, self.trainer.world
+        for step in range(self.steps):
+            rows = order[step * batch:(step + 1) * batch][rank::world]  # this rank's share of the global batch
+            views = make_view(to_float(self.images[torch.from_numpy(rows)].to(device, non_blocking=True)),
+                              self.size, self.config.views, random.torch)
+            yield self.trainer.to_input(views), torch.from_numpy(self.labels[rows]).long().to(device)
+
+    def loss(self, model: nn.Module, batch) -> torch.Tensor:
+        views, target = batch
+        # Trick: label smoothing; the class-weighted loss when the imbalance plan says `weights`
+        return F.cross_entropy(model(views).float(), target, weight=self.weights,
+                               label_smoothing=self.config.label_smoothing)
 
 
 def finetune(train_images: np.ndarray, train_labels: np.ndarray, val_images: np.ndarray, val_labels: np.ndarray,
@@ -153,79 +143,44 @@ def finetune(train_images: np.ndarray, train_labels: np.ndarray, val_images: np.
     run_dir.mkdir(parents=True, exist_ok=True)
     if config.threads:
         torch.set_num_threads(config.threads)
-    device = pick_device()
+    steps_per_epoch = max(1, len(epoch_indices(train_labels, config.imbalance, np.random.default_rng(0))) // config.batch_size)
+    settings = LoopSettings(epochs=config.epochs, steps_per_epoch=steps_per_epoch, seed=config.seed,
+                            warmup_epochs=config.warmup_epochs, time_budget_s=config.time_budget_s,
+                            ema_decay=config.ema_decay, label="finetune", cpu_channels_last=config.channels_last_cpu)
+    trainer = Trainer(settings, run_dir, progress=progress)  # seeds everything: the head's init is reproducible too
+    trainer.writer = tensorboard_writer(run_dir) if trainer.is_main else None
     model, architecture = build_model(config, len(classes), encoder_path)
-    model = model.to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
+    model = trainer.prepare(model)
     optimizer = make_optimizer(model, config)
-    ema = EMA(model, config.ema_decay) if config.ema_decay > 0 else None
-    gen = torch.Generator().manual_seed(config.seed)
-    rng = np.random.default_rng(config.seed)
-    state = {"epoch": 0, "step": 0, "seconds": 0.0, "history": []}
-    if resume and (run_dir / CHECKPOINT).exists():
-        state, rng = _restore(run_dir / CHECKPOINT, model, optimizer, ema, gen)
-    images = torch.from_numpy(np.ascontiguousarray(train_images))
-    val = torch.from_numpy(np.ascontiguousarray(val_images))
     counts = class_counts_array(train_labels, len(classes))
-    weights = torch.tensor(class_weights_array(counts), dtype=torch.float32, device=device) \
+    weights = torch.tensor(class_weights_array(counts), dtype=torch.float32, device=trainer.device) \
         if config.imbalance == "weights" else None
     input_size = int(architecture["input_size"])
-    steps_per_epoch = max(1, len(epoch_indices(train_labels, config.imbalance, np.random.default_rng(0))) // config.batch_size)
-    writer = tensorboard_writer(run_dir)
-    horizon = config.epochs
-    while state["epoch"] < horizon:
-        started = time.perf_counter()
-        order = epoch_indices(train_labels, config.imbalance, rng)
-        model.train()
+    images = torch.from_numpy(np.ascontiguousarray(train_images))
+    val = torch.from_numpy(np.ascontiguousarray(val_images))
+    task = ClassifierTask(images, train_labels, config, input_size, weights, trainer, steps_per_epoch)
+
+    def frozen_encoder_stays_frozen(model: Classifier) -> None:
         if config.mode == "linear":
             model.encoder.eval()  # frozen: batch-norm statistics stay as pretrained
-        losses = []
-        bar = tqdm(range(steps_per_epoch), desc=f"finetune epoch {state['epoch'] + 1}/{horizon}", leave=False,
-                   disable=not progress)
-        for step in bar:
-            batch_rows = torch.from_numpy(order[step * config.batch_size:(step + 1) * config.batch_size])
-            batch = make_view(to_float(images[batch_rows].to(device)), input_size, config.views, gen)
-            target = torch.from_numpy(train_labels[batch_rows.numpy()]).long().to(device)
-            factor = learning_rate_factor(state["step"], steps_per_epoch, config.warmup_epochs, horizon)
-            for group in optimizer.param_groups:
-                group["lr"] = group["base_lr"] * factor
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                logits = model(batch.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else batch)
-            loss = F.cross_entropy(logits.float(), target, weight=weights, label_smoothing=config.label_smoothing)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            if ema is not None:
-                ema.update(model, state["step"])
-            losses.append(loss.item())
-            state["step"] += 1
-            bar.set_postfix(loss=f"{losses[-1]:.3f}")
-            if max_steps is not None and state["step"] >= max_steps:
-                break
-        state["epoch"] += 1
-        state["seconds"] += time.perf_counter() - started
-        evaluated = _evaluation_model(model, ema, architecture, len(classes), device)
-        val_f1 = macro_f1(evaluated, val, val_labels, input_size, len(classes))
-        record = {"epoch": state["epoch"], "loss": float(np.mean(losses)), "val_macro_f1": val_f1,
-                  "lr": optimizer.param_groups[0]["lr"], "seconds": round(state["seconds"], 1),
-                  "images_per_second": round(len(losses) * config.batch_size / (time.perf_counter() - started), 1)}
-        state["history"].append(record)
-        if writer is not None:
-            for key in ("loss", "val_macro_f1", "lr", "images_per_second"):
-                writer.add_scalar(f"finetune/{key}", record[key], state["epoch"])
-        _save(run_dir / CHECKPOINT, model, optimizer, ema, gen, rng, state, config)
-        horizon = _budgeted_horizon(config, state)
-        if max_steps is not None and state["step"] >= max_steps:
-            break
-    final = _evaluation_model(model, ema, architecture, len(classes), device).cpu()
-    training = {"config": config.to_dict(), "epochs": state["epoch"], "seconds": round(state["seconds"], 1),
+
+    def validate(evaluated: Classifier, state) -> dict:
+        return {"val_macro_f1": macro_f1(evaluated, val, val_labels, input_size, len(classes))}
+
+    meta = {"illustra_kind": "finetune-checkpoint", "config": config.to_dict()}
+    final = trainer.fit(task, model, optimizer, resume=resume, max_steps=max_steps, end_of_epoch=validate,
+                        checkpoint_meta=meta, before_epoch=frozen_encoder_stays_frozen)
+    state = trainer.state
+    training = {"config": config.to_dict(), "epochs": state.epoch, "seconds": round(state.seconds, 1),
                 "train_images": int(len(train_labels)), "encoder": str(encoder_path) if config.mode != "scratch" else None,
-                "history": state["history"]}
-    save_classifier(run_dir / CLASSIFIER, final, classes, architecture, preprocessing, training)
-    if writer is not None:
-        writer.close()
-    (run_dir / "metrics.json").write_text(json.dumps(training, indent=2), encoding="utf-8")
+                "device": str(trainer.device), "world_size": trainer.world, "profile": config.profile or "custom",
+                "history": state.history}
+    if trainer.is_main:
+        save_classifier(run_dir / CLASSIFIER, final.cpu(), classes, architecture, preprocessing, training)
+        (run_dir / "metrics.json").write_text(json.dumps(training, indent=2), encoding="utf-8")
+        if trainer.writer is not None:
+            trainer.writer.close()
+    barrier()
     return training
 
 
@@ -239,47 +194,3 @@ def class_weights_array(counts: np.ndarray) -> np.ndarray:
     import pandas as pd
 
     return class_weights(pd.Series(counts)).to_numpy()
-
-
-def _evaluation_model(model: Classifier, ema: EMA | None, architecture: dict, classes: int, device) -> Classifier:
-    """The EMA weights in a fresh model (or the model itself without EMA), eval mode."""
-    if ema is None:
-        return model.eval()
-    copy = Classifier(Encoder(EncoderConfig(**architecture)), classes).to(device)
-    ema.copy_to(copy)
-    return copy.eval()
-
-
-def _budgeted_horizon(config: FinetuneConfig, state: dict) -> int:
-    """Epochs that fit the time budget at the measured pace (the cosine schedule anneals by then)."""
-    if config.time_budget_s <= 0 or state["epoch"] == 0:
-        return config.epochs
-    per_epoch = state["seconds"] / state["epoch"]
-    return max(state["epoch"], min(config.epochs, int(config.time_budget_s / per_epoch)))
-
-
-def _save(path: Path, model, optimizer, ema, gen, rng, state, config) -> None:
-    """Model, optimizer, EMA, RNGs and progress in one atomic safetensors checkpoint (no pickle)."""
-    tensors = {f"model.{k}": v.detach().cpu() for k, v in model.state_dict().items()}
-    opt_tensors, opt_meta = optimizer_tensors(optimizer)
-    tensors.update({k: v.cpu() for k, v in opt_tensors.items()})
-    if ema is not None:
-        tensors.update({f"ema.{k}": v.cpu() for k, v in ema.state.items()})
-    tensors["rng.augment"] = gen.get_state()
-    save_weights(path, tensors, {"illustra_kind": "finetune-checkpoint", "state": state, "optimizer": opt_meta,
-                                 "rng_numpy": rng.bit_generator.state, "config": config.to_dict()})
-
-
-def _restore(path: Path, model, optimizer, ema, gen) -> tuple[dict, np.random.Generator]:
-    """Inverse of `_save`."""
-    tensors, meta = load_weights(path)
-    model.load_state_dict(with_prefix(tensors, "model"))
-    restore_optimizer(optimizer, tensors, meta["optimizer"])
-    if ema is not None:
-        ema.state = {k: v.float() for k, v in with_prefix(tensors, "ema").items()}
-    gen.set_state(tensors["rng.augment"])
-    rng = np.random.default_rng()
-    rng.bit_generator.state = meta["rng_numpy"]
-    return meta["state"], rng
-
-

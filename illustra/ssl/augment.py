@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
+from illustra.train.random import rand
+
 GRAY_WEIGHTS = (0.299, 0.587, 0.114)
 MEAN = (0.5, 0.5, 0.5)
 STD = (0.25, 0.25, 0.25)
@@ -40,9 +42,9 @@ class ViewConfig:
         return asdict(self)
 
 
-def _uniform(low: float, high: float, n: int, gen: torch.Generator, device) -> torch.Tensor:
-    """n uniform samples in [low, high)."""
-    return torch.rand(n, generator=gen, device=device) * (high - low) + low
+def _uniform(low: float, high: float, n: int, gen: torch.Generator, like: torch.Tensor) -> torch.Tensor:
+    """n uniform samples in [low, high) on `like`'s device (the core checks the generator's device)."""
+    return rand(n, gen, like) * (high - low) + low
 
 
 def to_float(images: torch.Tensor) -> torch.Tensor:
@@ -69,14 +71,14 @@ def resize_batch(images: torch.Tensor, size: int) -> torch.Tensor:
 def crop_and_flip(images: torch.Tensor, size: int, config: ViewConfig, gen: torch.Generator) -> torch.Tensor:
     """Random resized crop + horizontal flip of every image, as one affine grid sample."""
     n, device = images.shape[0], images.device
-    area = _uniform(*config.crop_scale, n, gen, device)
-    log_ratio = _uniform(math.log(config.crop_ratio[0]), math.log(config.crop_ratio[1]), n, gen, device)
+    area = _uniform(*config.crop_scale, n, gen, images)
+    log_ratio = _uniform(math.log(config.crop_ratio[0]), math.log(config.crop_ratio[1]), n, gen, images)
     ratio = log_ratio.exp()
     half_w = (area * ratio).sqrt().clamp(max=1.0)  # half-extent in [-1, 1] coordinates = width fraction
     half_h = (area / ratio).sqrt().clamp(max=1.0)
-    centre_x = (torch.rand(n, generator=gen, device=device) * 2 - 1) * (1 - half_w)
-    centre_y = (torch.rand(n, generator=gen, device=device) * 2 - 1) * (1 - half_h)
-    flip = torch.where(torch.rand(n, generator=gen, device=device) < config.flip, -1.0, 1.0)
+    centre_x = (rand(n, gen, images) * 2 - 1) * (1 - half_w)
+    centre_y = (rand(n, gen, images) * 2 - 1) * (1 - half_h)
+    flip = torch.where(rand(n, gen, images) < config.flip, -1.0, 1.0)
     theta = torch.zeros(n, 2, 3, device=device)
     theta[:, 0, 0], theta[:, 0, 2] = half_w * flip, centre_x
     theta[:, 1, 1], theta[:, 1, 2] = half_h, centre_y
@@ -92,11 +94,11 @@ def gray(images: torch.Tensor) -> torch.Tensor:
 
 def colour_jitter(images: torch.Tensor, config: ViewConfig, gen: torch.Generator) -> torch.Tensor:
     """Brightness, contrast, saturation and hue jitter with per-image factors, on a random subset."""
-    n, device = images.shape[0], images.device
-    chosen = (torch.rand(n, generator=gen, device=device) < config.jitter).float().view(n, 1, 1, 1)
+    n = images.shape[0]
+    chosen = (rand(n, gen, images) < config.jitter).float().view(n, 1, 1, 1)
 
     def factor(strength: float) -> torch.Tensor:
-        sampled = _uniform(1 - strength, 1 + strength, n, gen, device).view(n, 1, 1, 1)
+        sampled = _uniform(1 - strength, 1 + strength, n, gen, images).view(n, 1, 1, 1)
         return chosen * sampled + (1 - chosen)
 
     out = images * factor(config.brightness)
@@ -105,7 +107,7 @@ def colour_jitter(images: torch.Tensor, config: ViewConfig, gen: torch.Generator
     luma = gray(out)
     out = (out - luma) * factor(config.saturation) + luma
     if config.hue > 0:
-        angle = _uniform(-config.hue, config.hue, n, gen, device) * 2 * math.pi * chosen.view(n)
+        angle = _uniform(-config.hue, config.hue, n, gen, images) * 2 * math.pi * chosen.view(n)
         out = _rotate_hue(out, angle)
     return out.clamp_(0.0, 1.0)
 
@@ -124,15 +126,15 @@ def _rotate_hue(images: torch.Tensor, angle: torch.Tensor) -> torch.Tensor:
 
 def random_grayscale(images: torch.Tensor, probability: float, gen: torch.Generator) -> torch.Tensor:
     """Replace a random subset of images by their luma."""
-    chosen = (torch.rand(images.shape[0], generator=gen, device=images.device) < probability).view(-1, 1, 1, 1)
+    chosen = (rand(images.shape[0], gen, images) < probability).view(-1, 1, 1, 1)
     return torch.where(chosen, gray(images).expand_as(images), images)
 
 
 def random_blur(images: torch.Tensor, config: ViewConfig, gen: torch.Generator) -> torch.Tensor:
     """Gaussian blur with a per-image sigma on a random subset (one grouped convolution)."""
     n, channels, height, width = images.shape
-    sigma = _uniform(*config.blur_sigma, n, gen, images.device)
-    chosen = torch.rand(n, generator=gen, device=images.device) < config.blur
+    sigma = _uniform(*config.blur_sigma, n, gen, images)
+    chosen = rand(n, gen, images) < config.blur
     sigma = torch.where(chosen, sigma, torch.full_like(sigma, 1e-3))
     radius = max(1, math.ceil(2 * config.blur_sigma[1]))
     offsets = torch.arange(-radius, radius + 1, device=images.device, dtype=images.dtype)

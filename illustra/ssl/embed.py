@@ -16,6 +16,8 @@ import pandas as pd
 import torch
 
 from illustra.ssl.augment import normalise, resize_batch, to_float
+from illustra.ssl.encoder import load_encoder
+from illustra.train.device import pick_device
 
 EMBEDDINGS_FILE = "embeddings.npy"
 EMBEDDINGS_INFO = "embeddings.json"
@@ -54,8 +56,6 @@ def _fingerprint(manifest: pd.DataFrame, encoder_path: Path) -> dict:
 def embed_manifest(manifest: pd.DataFrame, pixels: np.ndarray, encoder_path: str | Path, out_dir: str | Path,
                    device=None) -> tuple[np.ndarray, bool]:
     """Embeddings for every manifest row (reused when encoder and pixels are unchanged); (array, reused)."""
-    from illustra.ssl.pretrain import load_encoder, pick_device
-
     out_dir, encoder_path = Path(out_dir), Path(encoder_path)
     fingerprint = _fingerprint(manifest, encoder_path)
     info_path, array_path = out_dir / EMBEDDINGS_INFO, out_dir / EMBEDDINGS_FILE

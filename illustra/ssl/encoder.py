@@ -11,6 +11,8 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from illustra.weights import load_weights, with_prefix
+
 
 @dataclass(frozen=True)
 class EncoderConfig:
@@ -81,3 +83,14 @@ class Encoder(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Images (B, 3, H, W), normalised -> features (B, feature_dim)."""
         return self.pool(self.body(self.stem(x))).flatten(1)
+
+
+def load_encoder(path, device: str | torch.device = "cpu") -> tuple[Encoder, dict]:
+    """Rebuild an encoder from its weights file (architecture from metadata); eval mode. No pickle."""
+    tensors, meta = load_weights(path, device)
+    architecture = meta.get("architecture")
+    if architecture is None:
+        raise ValueError(f"{path} has no 'architecture' metadata: not an illustra encoder or classifier")
+    encoder = Encoder(EncoderConfig(**architecture)).to(device)
+    encoder.load_state_dict(with_prefix(tensors, "encoder"))
+    return encoder.eval(), meta

@@ -7,14 +7,14 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
 from illustra.data.cache import CacheSpec, open_pixels
 from illustra.data.index import IndexSettings, index_dataset
 from illustra.data.manifest import load_manifest, save_manifest
 from illustra.ssl.augment import MEAN, STD
 from illustra.ssl.embed import embed_manifest
-from illustra.ssl.pretrain import PretrainConfig, distributed, pretrain
+from illustra.ssl.pretrain import PretrainConfig, pretrain
+from illustra.train.device import barrier, distributed
 
 
 def parse_duration(text: str | float | int | None) -> float:
@@ -47,7 +47,7 @@ def pretrain_folder(data: str | Path, run_dir: str | Path, work: str | Path, con
     if rank == 0:
         indexed(data, work, spec)
     if world > 1:
-        torch.distributed.barrier()  # the other ranks read what rank 0 wrote
+        barrier()  # the other ranks read what rank 0 wrote
     return pretrain_cached(run_dir, work, config, spec, resume)
 
 

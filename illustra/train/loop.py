@@ -1,0 +1,236 @@
+"""The training loop every stage uses: a stage gives its model, optimizer, loss and batches; the core does the rest.
+
+Each trick is named where it is applied below: seeding before the model is built, one generator
+per device, channels_last + bf16 autocast on CUDA, DDP under torchrun, linear warm-up + cosine
+(or the stage's own torch scheduler), the time budget that shortens the horizon (or a hard
+deadline for single-epoch jobs), EMA of the weights, an atomic safetensors checkpoint every epoch
+with exact resume (model, optimizer, EMA, every random stream), a progress bar and TensorBoard.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from illustra.train.checkpoint import optimizer_tensors, restore_optimizer
+from illustra.train.device import autocast, distributed, memory_format, pick_device
+from illustra.train.ema import EMA
+from illustra.train.random import RunRandom, seed_everything
+from illustra.train.schedule import budgeted_horizon, warmup_cosine
+from illustra.weights import load_weights, save_weights, with_prefix
+
+CHECKPOINT = "checkpoint.safetensors"
+
+
+@dataclass(frozen=True)
+class LoopSettings:
+    """How the core runs a stage's training (the stage's own config fills these)."""
+
+    epochs: int
+    steps_per_epoch: int
+    seed: int = 0
+    warmup_epochs: float = 0.0
+    time_budget_s: float = 0.0       # 0: none
+    hard_deadline: bool = False      # stop mid-epoch when the budget is spent (single-epoch jobs)
+    ema_decay: float = 0.0           # 0: off
+    label: str = "train"             # progress bar and TensorBoard prefix
+    log_every: int = 10              # steps between TensorBoard points
+    cpu_channels_last: bool = False  # channels_last on CPU too (only where it measured faster)
+    device: str | None = None        # None: --device / ILLUSTRA_DEVICE, else auto
+    print_epochs: bool = False       # one JSON line per epoch on the main rank
+
+
+@dataclass
+class RunState:
+    """Where a run stands; saved in every checkpoint."""
+
+    epoch: int = 0
+    step: int = 0
+    horizon_epochs: int = 0
+    seconds: float = 0.0
+    images_seen: int = 0
+    history: list = field(default_factory=list)
+
+
+class Task(Protocol):
+    """What a stage brings: its batches and its loss (plus optional epoch-end metrics)."""
+
+    def batches(self, epoch: int, random: RunRandom, device: torch.device) -> Iterator[Any]:
+        """This rank's batches of one epoch (the first element of each batch is counted as images)."""
+
+    def loss(self, model: nn.Module, batch: Any) -> torch.Tensor:
+        """The training loss of one batch (called under the core's autocast)."""
+
+
+class Trainer:
+    """Runs a Task. Make it first (it seeds everything), then build the model, then `prepare`, then `fit`."""
+
+    def __init__(self, settings: LoopSettings, run_dir: str | Path | None = None, *, progress: bool | Any = True,
+                 writer: Any = None) -> None:
+        self.settings = settings
+        self.rank, self.world = distributed()
+        self.device = pick_device(settings.device)
+        seed_everything(settings.seed)  # Trick: everything seeded before the model exists, so init is reproducible
+        self.random = RunRandom(self.device, settings.seed, self.rank)
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.progress = progress
+        self.writer = writer
+        self.state = RunState(horizon_epochs=settings.epochs)
+        self.ema: EMA | None = None
+        self.stopped_early = False
+        self._batch_images = 0  # images in the last batch (throughput)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        """The model on the run's device, in the memory format the device wants."""
+        return model.to(self.device, memory_format=memory_format(self.device, self.settings.cpu_channels_last))
+
+    def to_input(self, images: torch.Tensor) -> torch.Tensor:
+        """A batch in the run's memory format (Trick: channels_last where it pays)."""
+        return images.contiguous(memory_format=memory_format(self.device, self.settings.cpu_channels_last))
+
+    def fit(self, task: Task, model: nn.Module, optimizer: torch.optim.Optimizer, *,
+            scheduler: Callable[[torch.optim.Optimizer, int], Any] | None = None, resume: bool = False,
+            max_steps: int | None = None, end_of_epoch: Callable[[nn.Module, RunState], dict] | None = None,
+            checkpoint_meta: dict | None = None, before_epoch: Callable[[nn.Module], None] | None = None) -> nn.Module:
+        """Train until the (budgeted) horizon; returns the model to evaluate and ship (the EMA one when on).
+
+        `scheduler(optimizer, total_steps)` replaces warm-up + cosine with the stage's own torch
+        scheduler; `end_of_epoch(eval_model, state)` returns metrics for the history (main rank).
+        """
+        settings = self.settings
+        for group in optimizer.param_groups:
+            group.setdefault("base_lr", group["lr"])
+        if settings.ema_decay > 0:
+            self.ema = EMA(model, settings.ema_decay)
+        if resume and self.run_dir is not None and (self.run_dir / CHECKPOINT).exists():
+            self._restore(model, optimizer)
+        state = self.state
+        lr_scheduler = scheduler(optimizer, settings.epochs * settings.steps_per_epoch) if scheduler else None
+        trainable = model
+        if self.world > 1:  # Trick: DDP under torchrun (gradients averaged across ranks, buffers from rank 0)
+            trainable = nn.parallel.DistributedDataParallel(
+                model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        writer = self.writer if self.is_main else None
+        started_run = time.perf_counter()
+        while state.epoch < state.horizon_epochs:
+            started = time.perf_counter()
+            model.train()
+            if before_epoch is not None:
+                before_epoch(model)
+            losses = self._epoch(task, trainable, model, optimizer, lr_scheduler, writer, max_steps, started_run)
+            state.seconds += time.perf_counter() - started
+            state.epoch += 1
+            evaluated = self.evaluation_model(model)
+            record = {"epoch": state.epoch, "loss": float(np.mean(losses)) if losses else float("nan"),
+                      "lr": optimizer.param_groups[0]["lr"], "seconds": round(state.seconds, 1),
+                      "images_per_second": round(len(losses) * self._batch_images / max(time.perf_counter() - started,
+                                                                                          1e-9), 1)}
+            if end_of_epoch is not None and self.is_main:
+                record.update(end_of_epoch(evaluated, state))
+            state.history.append(record)
+            if settings.print_epochs and self.is_main:
+                print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()}), flush=True)
+            if writer is not None:
+                for key, value in record.items():
+                    if key != "epoch" and isinstance(value, (int, float)):
+                        writer.add_scalar(f"{settings.label}/epoch_{key}", value, state.epoch)
+            if self.is_main and self.run_dir is not None:
+                self._save(model, optimizer, checkpoint_meta or {})
+            state.horizon_epochs = budgeted_horizon(settings.epochs, state.epoch, state.seconds, settings.time_budget_s)
+            if self.stopped_early or (max_steps is not None and state.step >= max_steps):
+                break
+        return self.evaluation_model(model)
+
+    def _epoch(self, task, trainable, model, optimizer, lr_scheduler, writer, max_steps, started_run) -> list[float]:
+        """One pass over the task's batches; the losses of its steps."""
+        settings, state = self.settings, self.state
+        warmup = round(settings.warmup_epochs * settings.steps_per_epoch)
+        bar = self.progress if hasattr(self.progress, "update") else tqdm(
+            total=settings.steps_per_epoch, leave=False, disable=not self.progress or not self.is_main,
+            desc=f"{settings.label} epoch {state.epoch + 1}/{state.horizon_epochs}")
+        losses: list[float] = []
+        for batch in task.batches(state.epoch, self.random, self.device):
+            if lr_scheduler is None:  # Trick: linear warm-up, then cosine to zero at the budgeted horizon
+                factor = warmup_cosine(state.step, warmup, state.horizon_epochs * settings.steps_per_epoch)
+                for group in optimizer.param_groups:
+                    group["lr"] = group["base_lr"] * factor
+            with autocast(self.device):  # Trick: bf16 autocast on CUDA
+                loss = task.loss(trainable, batch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if lr_scheduler is not None:
+                lr_scheduler.step()
+            if self.ema is not None:  # Trick: EMA of the weights
+                self.ema.update(model, state.step)
+            self._batch_images = len(batch[0]) if isinstance(batch, (tuple, list)) else len(batch)
+            state.images_seen += self._batch_images * self.world
+            state.step += 1
+            losses.append(loss.detach())  # no per-step host sync: read back only at log points
+            bar.update(1)
+            if state.step % settings.log_every == 0:
+                value = losses[-1].item()
+                if hasattr(bar, "set_postfix"):
+                    bar.set_postfix(loss=f"{value:.3f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
+                if writer is not None:
+                    writer.add_scalar(f"{settings.label}/loss", value, state.step)
+                    writer.add_scalar(f"{settings.label}/lr", optimizer.param_groups[0]["lr"], state.step)
+            if max_steps is not None and state.step >= max_steps:
+                break
+            if settings.hard_deadline and settings.time_budget_s > 0 and \
+                    time.perf_counter() - started_run > settings.time_budget_s:
+                self.stopped_early = True  # Trick: a hard deadline for single-epoch jobs (schedule set for the full length)
+                break
+        if bar is not self.progress:
+            bar.close()
+        return torch.stack(losses).float().cpu().tolist() if losses else []
+
+    def evaluation_model(self, model: nn.Module) -> nn.Module:
+        """The EMA weights in a copy of the model (or the model itself), eval mode."""
+        return self.ema.averaged(model) if self.ema is not None else model.eval()
+
+    def _save(self, model: nn.Module, optimizer, meta: dict) -> None:
+        """Trick: model, optimizer, EMA, every random stream and progress in one atomic safetensors file."""
+        tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+        opt_tensors, opt_meta = optimizer_tensors(optimizer)
+        tensors.update(opt_tensors)
+        if self.ema is not None:
+            tensors.update({f"ema.{k}": v for k, v in self.ema.state.items()})
+        rng_tensors, rng_meta = self.random.state()
+        tensors.update(rng_tensors)
+        save_weights(self.run_dir / CHECKPOINT, tensors, {**meta, "state": asdict(self.state), "optimizer": opt_meta,
+                                                          "random": rng_meta})
+
+    def _restore(self, model: nn.Module, optimizer) -> None:
+        """Exact resume: everything `_save` wrote, so the run continues as if never stopped."""
+        tensors, meta = load_weights(self.run_dir / CHECKPOINT, self.device)
+        model.load_state_dict(with_prefix(tensors, "model"))
+        restore_optimizer(optimizer, tensors, meta["optimizer"])
+        if self.ema is not None:
+            self.ema.state = {k: v.float() for k, v in with_prefix(tensors, "ema").items()}
+        self.random.restore(tensors, meta["random"])
+        self.state = RunState(**meta["state"])
+        if self.is_main:
+            print(f"resumed {self.settings.label} from epoch {self.state.epoch} (step {self.state.step})", flush=True)
+
+
+def tensorboard_writer(run_dir: str | Path):
+    """TensorBoard writer under run_dir/tb, or None when tensorboard is missing (every long job uses this one)."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # pragma: no cover
+        return None
+    return SummaryWriter(str(Path(run_dir) / "tb"))

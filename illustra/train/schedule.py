@@ -1,0 +1,23 @@
+"""Learning-rate schedule and time budget, shared by every loop."""
+
+from __future__ import annotations
+
+import math
+
+
+def warmup_cosine(step: int, warmup_steps: int, total_steps: int) -> float:
+    """Trick: linear warm-up to 1, then cosine decay to 0 at `total_steps` (a factor of the peak lr)."""
+    warmup = max(1, int(warmup_steps))
+    if step < warmup:
+        return (step + 1) / warmup
+    total = max(warmup + 1, int(total_steps))
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / (total - warmup))))
+
+
+def budgeted_horizon(configured: int, epochs_done: int, seconds: float, budget_s: float) -> int:
+    """Trick: the time budget shortens the cosine horizon to the epochs that fit at the measured pace,
+    so the schedule still anneals in time (never more than configured, never fewer than done)."""
+    if budget_s <= 0 or epochs_done == 0:
+        return configured
+    per_epoch = seconds / epochs_done
+    return max(epochs_done, min(configured, int(budget_s // per_epoch)))
