@@ -8,7 +8,7 @@ both calls share. FLOPs per training image come from torch's FlopCounterMode on 
 forward + backward of the same network; the matmul rate is a float32 (2048 x 2048) product timed
 in the same process, so the share is comparable between machines and commits.
 
-    python benchmarks/training_efficiency.py [--steps 12] [--device cpu]
+    python benchmarks/training_efficiency.py [--steps 12] [--channels-last]
 """
 
 from __future__ import annotations
@@ -67,6 +67,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=12, help="timed steps per loop")
     parser.add_argument("--warmup", type=int, default=3, help="steps both calls run before the timed ones")
     parser.add_argument("--images", type=int, default=4096, help="synthetic training images (64 px)")
+    parser.add_argument("--channels-last", action="store_true", help="channels_last on the CPU too")
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     pixels = rng.integers(0, 256, (args.images, 64, 64, 3), dtype=np.uint8)
@@ -76,8 +77,9 @@ def main() -> None:
     print(f"float32 matmul: {matmul:.1f} GFLOP/s on {device} — torch {torch.__version__}, {os.cpu_count()} cores, "
           f"{platform.machine()}, {torch.get_num_threads()} threads", flush=True)
 
-    ssl = replace(PretrainConfig(), knn_every=0)
-    ft = FinetuneConfig(mode="scratch", imbalance="none")
+    layout = {"channels_last_cpu": True} if args.channels_last else {}
+    ssl = replace(PretrainConfig(), knn_every=0, **layout)
+    ft = FinetuneConfig(mode="scratch", imbalance="none", **layout)
     classes = [f"L2_{i}" for i in range(20)]
     loops = {
         "pretrain (SimCLR, 2 views)": (

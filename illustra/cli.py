@@ -57,6 +57,8 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
         raw["time_budget_s"] = parse_duration(args.time_budget)
     config = PretrainConfig.from_dict(raw)
     summary = pretrain_folder(args.data, args.out, args.work, config, _data_cache_spec(), resume=args.resume)
+    if _rank() != 0:
+        return 0  # under torchrun rank 0 reports
     last = summary["history"][-1] if summary["history"] else {}
     print(f"profile {config.profile}, device {summary['device']}: "
           f"pretrained {summary['epochs']} epochs in {summary['wall_seconds']} s "
@@ -110,6 +112,8 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     config = FinetuneConfig.from_dict(raw)
     summary = finetune_folder(args.curation, args.out, args.work, config, args.encoder, _data_cache_spec(),
                               resume=args.resume, final_on_all=args.all)
+    if _rank() != 0:
+        return 0
     last = summary["history"][-1] if summary["history"] else {}
     print(f"profile {config.profile}, device {summary['device']}, mode {config.mode}: "
           f"{summary['epochs']} epochs in {summary['seconds']} s; last epoch {last}")
@@ -183,6 +187,13 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
     print(f"{len(summary)} runs in {time.perf_counter() - started:.0f} s; "
           f"wrote {Path(args.out) / 'summary.csv'} and {Path(args.out) / 'report.html'}")
     return 0
+
+
+def _rank() -> int:
+    """This process's rank under torchrun (0 otherwise)."""
+    from illustra.train.device import distributed
+
+    return distributed()[0]
 
 
 def _data_cache_spec():

@@ -20,7 +20,7 @@ from illustra.finetune.model import load_classifier, predict_proba, prepare
 from illustra.finetune.split import leaking_groups, split_manifest
 from illustra.finetune.train import CLASSIFIER, FinetuneConfig, finetune
 from illustra.ssl.jobs import preprocessing_of
-from illustra.train.device import pick_device
+from illustra.train.device import distributed, pick_device
 
 
 class UnknownClassError(ValueError):
@@ -94,8 +94,10 @@ def finetune_folder(curation: str | Path, out: str | Path, work: str | Path, con
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    rank, _ = distributed()  # under torchrun every rank trains on its share; rank 0 writes and scores
     table = split_table(curation, config.seed) if table is None else table
-    save_manifest(table, out / "split.csv")
+    if rank == 0:
+        save_manifest(table, out / "split.csv")
     classes = read_classes(work)
     pixels = open_pixels(work, spec)
     parts = {name: table[table["split"] == name] for name in ("train", "val", "test")}
@@ -113,6 +115,8 @@ def finetune_folder(curation: str | Path, out: str | Path, work: str | Path, con
     summary = finetune(train_x, train_y, val_x, val_y, classes, out, config, preprocessing_of(spec, input_size),
                        encoder, resume=resume, progress=progress, max_steps=max_steps)
     summary["split_sizes"] = {k: len(v) for k, v in parts.items()}
+    if rank != 0:
+        return summary
     if not final_on_all:
         test_x, test_y = arrays(parts["test"])
         model, _ = load_classifier(out / CLASSIFIER, pick_device())

@@ -50,7 +50,7 @@ class PretrainConfig:
     seed: int = 0
     time_budget_s: float = 0.0  # 0: no budget
     threads: int = 0  # torch CPU threads; 0: all cores
-    channels_last_cpu: bool = False  # channels_last on CPU too (CUDA always uses it); see benchmarks/RESULTS.md
+    channels_last_cpu: bool = True  # channels_last on CPU too (CUDA always uses it); see benchmarks/RESULTS.md
     profile: str = ""  # the device profile the config was resolved with (recorded in the weights)
 
     @classmethod

@@ -1,0 +1,298 @@
+"""The training core: device guard, seeding, schedule, budget, EMA, exact resume, profiles, DDP fine-tuning."""
+
+from __future__ import annotations
+
+import ast
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from illustra.config import load_config
+from illustra.ssl.augment import ViewConfig, make_view, to_float
+from illustra.train.device import DeviceError, pick_device
+from illustra.train.loop import CHECKPOINT, LoopSettings, Trainer
+from illustra.train.profiles import resolve_profile
+from illustra.train.random import GeneratorDeviceError, RunRandom, device_generator, rand
+from illustra.train.schedule import budgeted_horizon, warmup_cosine
+from illustra.weights import read_metadata
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+# --- device guard -------------------------------------------------------------------------------------------
+
+
+def test_a_draw_with_a_generator_on_another_device_fails_loudly():
+    """The CUDA crash of issue #14 (CPU generator, GPU batch), reproduced on a CPU with the meta device."""
+    on_meta = torch.empty(4, 3, 8, 8, device="meta")
+    with pytest.raises(GeneratorDeviceError, match="generator on cpu"):
+        rand(4, device_generator("cpu", 0), on_meta)
+    with pytest.raises(GeneratorDeviceError):
+        make_view(on_meta, 8, ViewConfig(), device_generator("cpu", 0))  # every augmentation draws through the guard
+
+
+def test_same_device_draws_pass_and_are_seeded():
+    images = to_float(torch.randint(0, 256, (4, 16, 16, 3), dtype=torch.uint8))
+    a = make_view(images, 8, ViewConfig(), device_generator("cpu", 5))
+    b = make_view(images, 8, ViewConfig(), device_generator("cpu", 5))
+    assert torch.equal(a, b)
+
+
+def test_generators_are_made_only_by_the_core():
+    """Nothing outside illustra/train/random.py makes a torch.Generator (so none can sit on the wrong device)."""
+    offenders = []
+    for path in (REPO / "illustra").rglob("*.py"):
+        if path.name == "random.py" and path.parent.name == "train":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            func = getattr(node, "func", None) if isinstance(node, ast.Call) else None
+            if isinstance(func, ast.Attribute) and func.attr == "Generator" and getattr(func.value, "id", "") == "torch":
+                offenders.append(f"{path.relative_to(REPO)}:{node.lineno}")
+    assert not offenders, offenders
+
+
+def test_every_stage_draws_on_its_batch_device():
+    """Each stage's batch maker draws its augmentation with the run's generator, on the batch's device."""
+    from illustra.finetune.train import ClassifierTask, FinetuneConfig
+    from illustra.ssl.pretrain import PretrainConfig, SimCLRTask
+
+    trainer = Trainer(LoopSettings(epochs=1, steps_per_epoch=1), progress=False)
+    pixels = torch.randint(0, 256, (32, 3, 16, 16), dtype=torch.uint8)
+    ssl = SimCLRTask(pixels, PretrainConfig(batch_size=8), trainer, 1)
+    (views,) = next(ssl.batches(0, trainer.random, trainer.device))
+    labels = np.arange(32) % 4
+    ft = ClassifierTask(pixels.permute(0, 2, 3, 1), labels, FinetuneConfig(batch_size=8, imbalance="none"), 16, None,
+                        trainer, 1)
+    batch, target = next(ft.batches(0, trainer.random, trainer.device))
+    assert trainer.random.torch.device.type == views.device.type == batch.device.type == target.device.type
+
+
+def test_forcing_cuda_without_a_gpu_is_one_clear_sentence():
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(DeviceError, match="no usable CUDA GPU"):
+        pick_device("cuda")
+    assert pick_device("auto").type == "cpu" and pick_device("cpu").type == "cpu"
+    with pytest.raises(DeviceError, match="unknown device"):
+        pick_device("tpu")
+
+
+# --- schedule, budget ---------------------------------------------------------------------------------------
+
+
+def test_warmup_then_cosine_to_zero():
+    factors = [warmup_cosine(step, 10, 100) for step in range(101)]
+    assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(factors[9:], factors[10:]))
+    assert factors[100] == pytest.approx(0.0, abs=1e-9)
+
+
+def test_budget_shortens_the_horizon_never_below_what_is_done():
+    assert budgeted_horizon(30, 0, 0.0, 100) == 30
+    assert budgeted_horizon(30, 2, 20.0, 100) == 10  # 10 s per epoch, 100 s budget
+    assert budgeted_horizon(30, 5, 100.0, 60) == 5
+    assert budgeted_horizon(30, 2, 2.0, 0) == 30
+
+
+# --- the loop on a toy task: EMA, deadline, exact resume ---------------------------------------------------
+
+
+class ToyTask:
+    """Noisy linear regression whose batches draw from the core's streams (torch and NumPy)."""
+
+    def __init__(self, steps: int) -> None:
+        self.steps = steps
+
+    def batches(self, epoch, random: RunRandom, device):
+        order = random.epoch_order(epoch).permutation(64)
+        for step in range(self.steps):
+            x = torch.from_numpy(order[step * 8:(step + 1) * 8]).float().view(-1, 1) / 64
+            noise = rand(8, random.torch, x).view(-1, 1) * 0.1 + float(random.numpy.random())
+            yield (x.to(device), (3 * x + noise).to(device))
+
+    def loss(self, model, batch):
+        x, y = batch
+        return nn.functional.mse_loss(model(x), y)
+
+
+def _toy_run(run_dir, epochs=4, resume=False, max_steps=None):
+    settings = LoopSettings(epochs=epochs, steps_per_epoch=4, seed=3, warmup_epochs=1, ema_decay=0.9, label="toy")
+    trainer = Trainer(settings, run_dir, progress=False)
+    model = trainer.prepare(nn.Sequential(nn.Linear(1, 8), nn.ReLU(), nn.Linear(8, 1)))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.05)
+    final = trainer.fit(ToyTask(4), model, optimizer, resume=resume, max_steps=max_steps,
+                        end_of_epoch=lambda m, s: {"weight_sum": float(sum(p.detach().sum() for p in m.parameters()))})
+    return final, trainer
+
+
+def test_trainer_resumes_bit_identically_with_ema(tmp_path):
+    full, trainer = _toy_run(tmp_path / "full")
+    assert trainer.state.epoch == 4 and trainer.state.step == 16 and trainer.state.history[-1]["loss"] < \
+        trainer.state.history[0]["loss"]
+    _toy_run(tmp_path / "cut", max_steps=8)  # "killed" after epoch 2's checkpoint
+    assert read_metadata(tmp_path / "cut" / CHECKPOINT)["state"]["epoch"] == 2
+    resumed, trainer = _toy_run(tmp_path / "cut", resume=True)
+    assert trainer.state.epoch == 4 and len(trainer.state.history) == 4
+    for (name, a), b in zip(full.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name  # the EMA weights, bit for bit
+
+
+def test_hard_deadline_stops_mid_epoch(tmp_path):
+    settings = LoopSettings(epochs=1, steps_per_epoch=10_000, time_budget_s=1e-9, hard_deadline=True)
+    trainer = Trainer(settings, progress=False)
+    model = trainer.prepare(nn.Linear(1, 1))
+
+    class Endless(ToyTask):
+        def batches(self, epoch, random, device):
+            while True:
+                yield (torch.ones(2, 1), torch.ones(2, 1))
+
+    trainer.fit(Endless(0), model, torch.optim.SGD(model.parameters(), 0.1))
+    assert trainer.state.step == 1 and trainer.stopped_early
+
+
+def test_seeding_makes_initialisation_reproducible():
+    def first_weights():
+        trainer = Trainer(LoopSettings(epochs=1, steps_per_epoch=1, seed=11), progress=False)
+        return trainer.prepare(nn.Linear(4, 4)).weight.detach().clone()
+
+    assert torch.equal(first_weights(), first_weights())
+
+
+# --- fine-tuning: exact resume through the folder job ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def curated(fixture_bench, tmp_path_factory):
+    from test_curation import tiny_encoder
+
+    from illustra.curation.photos import PhotoSettings
+    from illustra.curation.run import CurationSettings, curate
+
+    tmp = tmp_path_factory.mktemp("core")
+    encoder = tiny_encoder(tmp / "encoder.safetensors")
+    curate(fixture_bench / "training", tmp / "cur", tmp / "work", encoder,
+           CurationSettings(photos=PhotoSettings(texture_steps=20)), jobs=("duplicates", "photos"))
+    return tmp, encoder
+
+
+def test_finetune_killed_and_resumed_gives_bit_identical_weights(curated, tmp_path):
+    from illustra.finetune.jobs import finetune_folder
+    from illustra.finetune.model import load_classifier
+    from illustra.finetune.train import FinetuneConfig
+
+    tmp, encoder = curated
+    config = FinetuneConfig(epochs=3, batch_size=8, ema_decay=0.9, imbalance="over")
+    first = finetune_folder(tmp / "cur", tmp_path / "a", tmp / "work", config, encoder, progress=False)
+    assert first["epochs"] == 3
+    steps_per_epoch = read_metadata(tmp_path / "a" / CHECKPOINT)["state"]["step"] // 3
+    assert steps_per_epoch >= 2
+    finetune_folder(tmp / "cur", tmp_path / "b", tmp / "work", config, encoder, progress=False,
+                    max_steps=steps_per_epoch)  # killed right after epoch 1's checkpoint
+    resumed = finetune_folder(tmp / "cur", tmp_path / "b", tmp / "work", config, encoder, progress=False, resume=True)
+    assert resumed["epochs"] == 3 and len(resumed["history"]) == 3
+    a, meta_a = load_classifier(tmp_path / "a" / "classifier.safetensors")
+    b, _ = load_classifier(tmp_path / "b" / "classifier.safetensors")
+    for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(x, y), name
+    assert meta_a["training"]["device"] == "cpu" and meta_a["training"]["profile"] == "custom"
+
+
+# --- profiles -----------------------------------------------------------------------------------------------
+
+
+def test_profile_is_picked_from_the_device_and_overlays_the_config(monkeypatch):
+    monkeypatch.delenv("ILLUSTRA_PROFILE", raising=False)
+    monkeypatch.delenv("ILLUSTRA_DEVICE", raising=False)
+    if not torch.cuda.is_available():
+        assert resolve_profile() == "cpu"
+    gpu = load_config("ssl.yaml", ["epochs=7"], section="ssl", profile="gpu")
+    assert gpu["profile"] == "gpu" and gpu["encoder"]["width"] == 64 and gpu["encoder"]["input_size"] == 64
+    assert gpu["epochs"] == 7  # --set wins over the profile
+    cpu = load_config("ssl.yaml", section="ssl", profile="cpu")
+    assert cpu["encoder"]["width"] == 32 and cpu["time_budget_s"] == 1500
+    monkeypatch.setenv("ILLUSTRA_PROFILE", "gpu")
+    assert load_config("finetune.yaml", section="finetune")["profile"] == "gpu"
+    with pytest.raises(ValueError, match="unknown profile"):
+        resolve_profile("tpu")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_finetune_under_torchrun_two_processes_gloo(curated, tmp_path):
+    """DDP fine-tuning on CPU: two ranks share each batch; rank 0 writes a classifier with the profile in it."""
+    tmp, encoder = curated
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
+               "-m", "illustra.cli", "finetune", "--curation", str(tmp / "cur"), "--out", str(tmp_path / "run"),
+               "--work", str(tmp / "work"), "--encoder", str(encoder), "--profile", "cpu",
+               "--set", "epochs=2", "--set", "batch_size=8", "--set", "threads=1"]
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("held-out test") == 1  # rank 0 alone reports
+    meta = read_metadata(tmp_path / "run" / "classifier.safetensors")
+    assert meta["training"]["world_size"] == 2 and meta["training"]["epochs"] == 2
+    assert meta["training"]["profile"] == "cpu"
+
+
+def test_gpu_smoke_script_runs_every_stage_on_the_cpu_path(monkeypatch, capsys):
+    """benchmarks/gpu_smoke.py is what a GPU machine runs; here its CPU path keeps it from rotting."""
+    import importlib.util
+
+    monkeypatch.setenv("ILLUSTRA_DEVICE", "cpu")  # restored after the test (the script sets it too)
+    spec = importlib.util.spec_from_file_location("gpu_smoke", REPO / "benchmarks" / "gpu_smoke.py")
+    smoke = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(smoke)
+    assert smoke.main(["--device", "cpu", "--steps", "3"]) == 0
+    printed = capsys.readouterr().out
+    for stage in ("pretrain", "embed", "texture view", "curate", "finetune", "evaluate"):
+        assert stage in printed
+    assert "every stage ran on cpu" in printed
+
+
+def _module_imports() -> dict[str, set[str]]:
+    """illustra module -> illustra modules it imports (top-level and inside functions)."""
+    graph: dict[str, set[str]] = {}
+    for path in (REPO / "illustra").rglob("*.py"):
+        name = ".".join(path.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__")
+        targets = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("illustra"):
+                targets.add(node.module)
+            elif isinstance(node, ast.Import):
+                targets |= {alias.name for alias in node.names if alias.name.startswith("illustra")}
+        graph[name] = targets
+    return graph
+
+
+def test_no_import_cycles_and_no_stage_imports_another_stages_trainer():
+    graph = _module_imports()
+    cycles = []
+
+    def visit(node: str, path: list[str]) -> None:
+        for target in graph.get(node, ()):
+            if target in path:
+                cycles.append(path[path.index(target):] + [target])
+            elif len(path) < 12:
+                visit(target, path + [target])
+
+    for module in graph:
+        visit(module, [module])
+    assert not cycles, cycles[:3]
+    trainer_of = {"ssl": "illustra.ssl.pretrain", "finetune": "illustra.finetune.train"}
+    for module, targets in graph.items():
+        stage = module.split(".")[1] if "." in module else ""
+        if stage in ("ssl", "finetune", "curation"):
+            foreign = {trainer for owner, trainer in trainer_of.items() if owner != stage} & targets
+            assert not foreign, (module, foreign)
