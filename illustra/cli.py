@@ -9,6 +9,7 @@ from pathlib import Path
 
 SHIPPED_ENCODER = "checkpoints/encoder.safetensors"
 SHIPPED_CLASSIFIER = "checkpoints/classifier.safetensors"
+WORK_HELP = "manifest + pixel cache folder (default: one per data folder, work/index/<folder name>-<hash of its path>)"
 
 def _cmd_scan(args: argparse.Namespace) -> int:
     """Scan a data folder, decode every image once, write manifest + pixel cache."""
@@ -56,7 +57,7 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
     if args.time_budget:
         raw["time_budget_s"] = parse_duration(args.time_budget)
     config = PretrainConfig.from_dict(raw)
-    summary = pretrain_folder(args.data, args.out, args.work, config, _data_cache_spec(), resume=args.resume)
+    summary = pretrain_folder(args.data, args.out, _work(args), config, _data_cache_spec(), resume=args.resume)
     if _rank() != 0:
         return 0  # under torchrun rank 0 reports
     last = summary["history"][-1] if summary["history"] else {}
@@ -72,7 +73,7 @@ def _cmd_embed(args: argparse.Namespace) -> int:
     """Embeddings for every manifest row of a data folder."""
     from illustra.ssl.jobs import embed_folder
 
-    manifest, reused = embed_folder(args.data, args.encoder, args.out, args.work, _data_cache_spec())
+    manifest, reused = embed_folder(args.data, args.encoder, args.out, _work(args), _data_cache_spec())
     state = "reused (encoder and pixels unchanged)" if reused else "computed"
     count = int((manifest["embedding_row"] >= 0).sum())
     print(f"embeddings for {count} images {state}: {Path(args.out)}/embeddings.npy")
@@ -86,7 +87,7 @@ def _cmd_curate(args: argparse.Namespace) -> int:
 
     settings = CurationSettings.from_dict(load_config(args.config, args.set, section="curation"))
     jobs = tuple(args.only) if args.only else JOBS
-    summary = curate(args.data, args.out, args.work, args.encoder, settings, _data_cache_spec(), jobs)
+    summary = curate(args.data, args.out, _work(args), args.encoder, settings, _data_cache_spec(), jobs)
     print(f"files {summary['files']}, usable {summary['usable']}, blank {summary['blank']}; duplicate groups "
           f"{summary['duplicate_groups']} ({summary['duplicate_copies_dropped']} copies dropped, "
           f"{summary['label_conflict_groups']} with label conflicts); photos {summary['photos']}; "
@@ -180,13 +181,23 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
     if args.encoder:
         plan.encoder_weights = args.encoder
     started = time.perf_counter()
-    summary = run_plan(plan, args.out, args.curation, args.work, _data_cache_spec(), progress=not args.no_progress,
+    from illustra.finetune.jobs import curation_index
+
+    work = args.work or curation_index(args.curation).get("work") or "work/index"
+    summary = run_plan(plan, args.out, args.curation, work, _data_cache_spec(), progress=not args.no_progress,
                        only=args.only)
     analysis = json.loads((Path(args.out) / "analysis.json").read_text(encoding="utf-8"))
     print("\n".join(analysis["text"]))
     print(f"{len(summary)} runs in {time.perf_counter() - started:.0f} s; "
           f"wrote {Path(args.out) / 'summary.csv'} and {Path(args.out) / 'report.html'}")
     return 0
+
+
+def _work(args: argparse.Namespace) -> str:
+    """--work as given, else the data folder's own work folder (one per folder: work/index/<name>-<hash>)."""
+    from illustra.data.workspace import default_work
+
+    return args.work or str(default_work(args.data))
 
 
 def _rank() -> int:
@@ -358,7 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    parents=[machine])
     pretrain.add_argument("--data", required=True, help="folder of class sub-folders (all images are used)")
     pretrain.add_argument("--out", required=True, help="run folder: checkpoint, encoder.safetensors, tb/")
-    pretrain.add_argument("--work", default="work/index", help="manifest + pixel cache folder (default work/index)")
+    pretrain.add_argument("--work", help=WORK_HELP)
     pretrain.add_argument("--config", default="ssl.yaml", help="YAML config (default configs/ssl.yaml)")
     pretrain.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     pretrain.add_argument("--time-budget", help="stop and anneal within this time, e.g. 20m")
@@ -370,7 +381,7 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--data", required=True)
     embed.add_argument("--encoder", default="checkpoints/encoder.safetensors")
     embed.add_argument("--out", required=True)
-    embed.add_argument("--work", default="work/index")
+    embed.add_argument("--work", help=WORK_HELP)
     embed.set_defaults(run=_cmd_embed)
 
     curate = commands.add_parser("curate", help="duplicates, photos, imbalance plan, cleaned manifest, report.html",
@@ -378,7 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
     curate.add_argument("data", help="folder of class sub-folders (never modified)")
     curate.add_argument("--out", required=True, help="folder for every curation output")
     curate.add_argument("--encoder", default=SHIPPED_ENCODER, help="encoder weights for the embeddings")
-    curate.add_argument("--work", default="work/index", help="manifest + pixel cache folder")
+    curate.add_argument("--work", help=WORK_HELP)
     curate.add_argument("--config", default="curation.yaml")
     curate.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     curate.add_argument("--only", action="append", choices=["duplicates", "photos", "report"],
@@ -391,7 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
     finetune.add_argument("--out", required=True, help="run folder: classifier.safetensors, checkpoint, tb/, metrics.json")
     finetune.add_argument("--data", help="the data folder (for the record; pixels come from --work)")
     finetune.add_argument("--encoder", default=SHIPPED_ENCODER)
-    finetune.add_argument("--work", default="work/index")
+    finetune.add_argument("--work", help="manifest + pixel cache folder (default: the one the curation was made from)")
     finetune.add_argument("--config", default="finetune.yaml")
     finetune.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     finetune.add_argument("--time-budget", help="e.g. 10m")
@@ -414,7 +425,7 @@ def build_parser() -> argparse.ArgumentParser:
     experiment.add_argument("plan", nargs="?", default="experiments.yaml", help="plan YAML (default configs/experiments.yaml)")
     experiment.add_argument("--out", required=True, help="folder: runs/<name>/, summary.csv, analysis.json, report.html")
     experiment.add_argument("--curation", default="work/curation", help="folder written by `illustra curate`")
-    experiment.add_argument("--work", default="work/index")
+    experiment.add_argument("--work", help="manifest + pixel cache folder (default: the one the curation was made from)")
     experiment.add_argument("--encoder", help="encoder weights for the runs that do not name their own")
     experiment.add_argument("--variant", help="a named variant of the plan (its `variants:` section), e.g. hour")
     experiment.add_argument("--quick", action="store_true", help="the plan's quick variant (minutes); = --variant quick")
@@ -454,7 +465,13 @@ def main(argv: list[str] | None = None) -> int:
         except (DeviceError, ValueError) as exc:
             print(f"illustra {args.command}: {exc}", file=sys.stderr)
             return 2
-    return int(args.run(args) or 0)
+    from illustra.data.workspace import WorkspaceError
+
+    try:
+        return int(args.run(args) or 0)
+    except WorkspaceError as exc:  # an artefact that does not belong to this index: one sentence, no traceback
+        print(f"illustra {args.command}: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

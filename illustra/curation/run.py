@@ -17,6 +17,7 @@ from illustra.curation.photos import PhotoSettings, detect_photos, photo_evidenc
 from illustra.data.cache import CacheSpec, open_pixels
 from illustra.data.index import read_classes
 from illustra.data.manifest import save_manifest
+from illustra.data.workspace import index_identity
 from illustra.ssl.jobs import embed_folder
 from illustra.train.loop import tensorboard_writer
 
@@ -106,7 +107,7 @@ def curate(data: str | Path, out: str | Path, work: str | Path, encoder: str | P
     manifest["decision"] = _decision(manifest)
     _write_outputs(out, manifest, pairs)
     summary = _summary(manifest, classes, pairs, timings, started)
-    (out / "curation.json").write_text(json.dumps({**summary, "settings": {
+    (out / "curation.json").write_text(json.dumps({**summary, "index": index_identity(work), "settings": {
         "duplicates": settings.duplicates.to_dict(), "photos": settings.photos.to_dict()}}, indent=2), encoding="utf-8")
     if "report" in jobs:
         from illustra.curation.report import write_report

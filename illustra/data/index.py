@@ -24,8 +24,7 @@ from illustra.data.cache import CacheSpec, cache_file, create_pixels, fit_square
 from illustra.data.imageio import DEFAULT_MAX_PIXELS, load_image
 from illustra.data.manifest import BASE_COLUMNS, MANIFEST_FILE, atomic_write_text, load_manifest, save_manifest
 from illustra.data.scan import FileEntry, scan_dataset
-
-INDEX_INFO_FILE = "index.json"
+from illustra.data.workspace import INDEX_INFO_FILE, check_data_root, file_id_of, index_fingerprint
 
 
 @dataclass(frozen=True)
@@ -71,7 +70,8 @@ def _empty_row() -> dict:
 def _stat_row(root: Path, entry: FileEntry) -> dict:
     """Manifest row with path, class and file-system facts; decode columns still empty."""
     row = _empty_row()
-    row.update(path=entry.path, class_folder=entry.class_folder, class_id=entry.class_id, n_frames=0)
+    row.update(path=entry.path, file_id=file_id_of(entry.path), class_folder=entry.class_folder,
+               class_id=entry.class_id, n_frames=0)
     try:
         stat = os.stat(root / entry.path)
         row.update(bytes=stat.st_size, mtime_ns=stat.st_mtime_ns)
@@ -137,8 +137,9 @@ def index_dataset(
 ) -> IndexResult:
     """Scan ``data_root``, decode new or changed files once, write manifest.csv and the cache."""
     root, work_dir = Path(data_root), Path(work_dir)
-    work_dir.mkdir(parents=True, exist_ok=True)
     scan = scan_dataset(root)
+    check_data_root(work_dir, root)  # one index per data folder: never overwrite another folder's
+    work_dir.mkdir(parents=True, exist_ok=True)
     old_rows, old_pixels = _previous(work_dir, settings)
     rows = [_stat_row(root, entry) for entry in scan.files]
     spec = settings.cache
@@ -179,7 +180,7 @@ def _with_skipped(manifest: pd.DataFrame, skipped: list[tuple[str, str]]) -> pd.
     if not skipped:
         return manifest
     extra = pd.DataFrame(
-        [{**_empty_row(), "path": p, "status": "error", "reason": r} for p, r in skipped],
+        [{**_empty_row(), "path": p, "file_id": file_id_of(p), "status": "error", "reason": r} for p, r in skipped],
         columns=list(BASE_COLUMNS),
     )
     return pd.concat([manifest, extra], ignore_index=True)
@@ -194,6 +195,7 @@ def _write_info(
         "data_root": str(root.resolve()),
         "classes": classes,
         "settings": settings.fingerprint(),
+        "fingerprint": index_fingerprint(manifest, settings.fingerprint()),
         "cache_file": settings.cache.file_name,
         "files": int(len(manifest)),
         "status_counts": {k: int(v) for k, v in manifest["status"].value_counts().items()},

@@ -18,6 +18,7 @@ MANIFEST_FILE = "manifest.csv"
 # Columns written by `index_dataset`; later stages append their own.
 BASE_COLUMNS = {
     "path": str,  # relative to the data root, '/' separated
+    "file_id": str,  # stable id: hash of `path` (illustra.data.workspace); every artefact joins on it
     "class_folder": str,
     "class_id": int,  # position of class_folder in natural order; -1 outside any class
     "bytes": int,

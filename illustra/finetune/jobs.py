@@ -16,6 +16,7 @@ from illustra.data.imageio import load_image
 from illustra.data.index import read_classes
 from illustra.data.manifest import load_manifest, save_manifest
 from illustra.data.scan import scan_dataset
+from illustra.data.workspace import WorkspaceError, remap_to_index
 from illustra.finetune.model import load_classifier, predict_proba, prepare
 from illustra.finetune.split import leaking_groups, split_manifest
 from illustra.finetune.train import CLASSIFIER, FinetuneConfig, finetune
@@ -83,19 +84,51 @@ def resolved_input_size(config: FinetuneConfig, encoder: str | Path | None) -> i
     return int(read_metadata(encoder)["architecture"]["input_size"])
 
 
-def finetune_folder(curation: str | Path, out: str | Path, work: str | Path, config: FinetuneConfig,
+def curation_index(curation: str | Path) -> dict:
+    """The index a curation was made from (work folder, data folder, fingerprint), as curation.json records it."""
+    path = Path(curation) / "curation.json"
+    if not path.exists():
+        raise WorkspaceError(f"{curation} is not a curation folder (no curation.json): run `illustra curate` first")
+    return json.loads(path.read_text(encoding="utf-8")).get("index") or {}
+
+
+def _added_since(curation: str | Path, work: Path) -> int:
+    """Usable images in the current index that the curation never saw."""
+    seen = set(load_manifest(Path(curation) / "manifest.csv")["file_id"])
+    current = load_manifest(work)
+    return int(((current["cache_row"] >= 0) & ~current["file_id"].isin(seen)).sum())
+
+
+def finetune_folder(curation: str | Path, out: str | Path, work: str | Path | None, config: FinetuneConfig,
                     encoder: str | Path | None, spec: CacheSpec = CacheSpec(), resume: bool = False,
                     progress: bool = True, final_on_all: bool = False, max_steps: int | None = None,
-                    table: pd.DataFrame | None = None) -> dict:
+                    table: pd.DataFrame | None = None, log=print) -> dict:
     """Split the cleaned set, fine-tune on train (val for monitoring), score test once; write RUN/*.
 
     `table` (a manifest with a `split` column, e.g. from `training_table`) replaces the default clean split.
     With `final_on_all`, train on train+val+test (the shipped model): the test score is then not reported.
+    `work` defaults to the index the curation was made from. Pixels are found by `file_id` in the
+    current index, never by the curation's row positions: images deleted or changed since are dropped
+    (and said), a curation of another data folder is an error.
     """
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    made_from = curation_index(curation)
+    work = Path(work or made_from.get("work") or "work/index")
     rank, _ = distributed()  # under torchrun every rank trains on its share; rank 0 writes and scores
     table = split_table(curation, config.seed) if table is None else table
+    remapped = remap_to_index(table, work, made_from)
+    if remapped.kept == 0:
+        raise WorkspaceError(f"none of the {len(table)} images of {curation} is in the index {work} any more: "
+                             "re-run `illustra curate`")
+    if remapped.kept < len(table) and rank == 0:
+        log(remapped.message())
+    if remapped.stale and rank == 0:
+        added = _added_since(curation, work)
+        if added:
+            log(f"{added} images were added to the folder since the curation and are not used: re-run "
+                "`illustra curate` to include them")
+    table = remapped.table
+    out.mkdir(parents=True, exist_ok=True)
     if rank == 0:
         save_manifest(table, out / "split.csv")
     classes = read_classes(work)
@@ -115,6 +148,8 @@ def finetune_folder(curation: str | Path, out: str | Path, work: str | Path, con
     summary = finetune(train_x, train_y, val_x, val_y, classes, out, config, preprocessing_of(spec, input_size),
                        encoder, resume=resume, progress=progress, max_steps=max_steps)
     summary["split_sizes"] = {k: len(v) for k, v in parts.items()}
+    summary["index"] = {"work": str(work), "stale": remapped.stale, "kept": remapped.kept, "missing": remapped.missing,
+                        "changed": remapped.changed, "unreadable": remapped.unreadable}
     if rank != 0:
         return summary
     if not final_on_all:
