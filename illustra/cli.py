@@ -91,7 +91,8 @@ def _cmd_curate(args: argparse.Namespace) -> int:
     print(f"files {summary['files']}, usable {summary['usable']}, blank {summary['blank']}; duplicate groups "
           f"{summary['duplicate_groups']} ({summary['duplicate_copies_dropped']} copies dropped, "
           f"{summary['label_conflict_groups']} with label conflicts); photos {summary['photos']}; "
-          f"cleaned set {summary['clean']} images; imbalance {summary['imbalance_before']}x -> {summary['imbalance_after']}x")
+          f"cleaned set {summary['clean']} images; imbalance {summary['imbalance_before']}x -> {summary['imbalance_after']}x "
+          f"after cleaning -> {summary['imbalance_as_trained']}x as fine-tuning sees it (plan {summary['imbalance_plan']})")
     print(f"seconds: {summary['seconds']}")
     print(f"wrote {args.out}/{{manifest,clean,duplicates,duplicate_pairs,photos,problems}}.csv"
           + (f" and {args.out}/report.html" if "report" in jobs else ""))

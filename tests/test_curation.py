@@ -238,3 +238,40 @@ def test_curate_writes_every_output_and_never_touches_data(fixture_bench, tmp_pa
     for section in ("classes", "properties", "colour", "embedding", "duplicates", "photos", "gallery", "problems"):
         assert f'id="{section}"' in html
     assert "http://" not in html and "https://" not in html  # self-contained
+
+
+@pytest.mark.parametrize("plan", ["none", "over", "under", "weights"])
+def test_the_imbalance_shown_is_what_fine_tuning_samples(plan):
+    """The report's 'as the model sees it' column and the fine-tuning sampler / loss weights are one rule."""
+    from illustra.curation.balance import class_counts, class_weights, epoch_class_mass, epoch_indices
+
+    labels = np.repeat(np.arange(3), [50, 20, 5])
+    counts = class_counts(pd.DataFrame({"class_folder": np.array(["a", "b", "c"])[labels]}), ["a", "b", "c", "d"])
+    shown = epoch_class_mass(counts, plan)
+    drawn = np.bincount(labels[epoch_indices(labels, plan, np.random.default_rng(0))], minlength=4).astype(float)
+    if plan == "weights":
+        drawn = drawn * class_weights(counts).to_numpy()  # the loss weights scale what is drawn
+        assert np.allclose(shown[:3], shown.iloc[0])  # equal mass per present class
+    assert np.allclose(shown.to_numpy(), drawn) and shown["d"] == 0
+
+
+def test_photo_evidence_is_decoded_in_parallel_once_and_reused(fixture_bench, tmp_path, monkeypatch):
+    from illustra.curation import photos
+    from illustra.data.manifest import load_manifest
+
+    data, work = fixture_bench / "training", tmp_path / "work"
+    index_dataset(data, work, IndexSettings(CacheSpec(32)), progress=False)
+    manifest = load_manifest(work)
+    settings = PhotoSettings()
+    serial = photos.photo_evidence(data, manifest, settings, workers=1)
+    cache = tmp_path / "evidence.npz"
+    parallel = photos.photo_evidence(data, manifest, settings, workers=2, cache=cache)
+    assert serial.stats.equals(parallel.stats) and np.array_equal(serial.patches, parallel.patches)
+    assert np.array_equal(serial.owner, parallel.owner) and cache.exists()
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("decoded a file although the evidence was cached")
+
+    monkeypatch.setattr(photos, "load_image", no_decoding)
+    again = photos.photo_evidence(data, manifest, settings, cache=cache)
+    assert again.stats.equals(serial.stats) and np.array_equal(again.patches, serial.patches)

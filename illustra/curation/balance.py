@@ -40,6 +40,23 @@ def epoch_indices(labels: np.ndarray, plan: str, rng: np.random.Generator) -> np
     return rng.permutation(np.concatenate(picks))
 
 
+def epoch_class_mass(counts: pd.Series, plan: str) -> pd.Series:
+    """What the model sees of each class in one epoch under a plan: draws (none / over / under) or, for
+    `weights`, the loss mass n_c * w_c. The same rule as `epoch_indices` and `class_weights` (tested)."""
+    present = counts[counts > 0]
+    if plan == "none":
+        mass = counts.astype(float)
+    elif plan == "over":
+        mass = pd.Series(float(present.max()), index=counts.index)
+    elif plan == "under":
+        mass = pd.Series(float(present.min()), index=counts.index)
+    elif plan == "weights":
+        mass = counts * class_weights(counts)
+    else:
+        raise ValueError(f"unknown imbalance plan {plan!r}; one of {PLANS}")
+    return mass.where(counts > 0, 0.0)
+
+
 def imbalance_summary(before: pd.Series, after: pd.Series) -> pd.DataFrame:
     """Counts per class before/after cleaning, with the imbalance ratio in the frame's attrs."""
     table = pd.DataFrame({"before": before, "after": after})

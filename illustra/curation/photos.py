@@ -12,6 +12,10 @@ on the foreground when the background is plain white. Nothing here reads file na
 
 from __future__ import annotations
 
+import hashlib
+import json
+import multiprocessing
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -133,28 +137,84 @@ class PhotoEvidence(NamedTuple):
     owner: np.ndarray    # (N,) row position in the manifest
 
 
-def photo_evidence(data: str | Path, manifest: pd.DataFrame, settings: PhotoSettings = PhotoSettings(),
-                   progress=None) -> PhotoEvidence:
-    """Statistics and foreground patches for every usable manifest row, from one decode per file."""
-    data = Path(data)
-    rows, patches, owners = [], [], []
+EVIDENCE_KEYS = ("stats_side", "white", "sharp_edge", "flat", "texture_scale", "texture_step", "texture_view",
+                 "patch_size", "patches_per_image", "seed")  # the settings the evidence depends on
+
+
+def _evidence_chunk(task: tuple[str, list[tuple[int, str, bool]], PhotoSettings]) -> list[tuple[int, dict, np.ndarray]]:
+    """Decode one chunk of rows: (position, statistics, patches) each (run in a worker process)."""
+    data, rows, settings = task
+    out = []
     empty = np.zeros((0, settings.patch_size, settings.patch_size, 3), np.uint8)
-    for position, (path, usable) in enumerate(zip(manifest["path"], manifest["cache_row"] >= 0)):
-        result = load_image(data / path) if usable else None
+    for position, path, usable in rows:
+        result = load_image(Path(data) / path) if usable else None
         if result is None or result.image is None:
-            rows.append(dict.fromkeys(STAT_COLUMNS, np.nan))
-        else:
-            image = stats_image(result.image, settings)
-            rows.append(image_statistics(image, settings))
-            if settings.texture_view:
-                rng = np.random.default_rng([settings.seed, position])
-                taken = foreground_patches(image, settings.patch_size, settings.patches_per_image, rng, settings.white)
-                patches.append(taken)
-                owners.append(np.full(len(taken), position))
-        if progress is not None:
-            progress.update(1)
-    return PhotoEvidence(pd.DataFrame(rows, index=manifest.index, columns=list(STAT_COLUMNS)),
-                         np.concatenate(patches or [empty]), np.concatenate(owners or [np.zeros(0, int)]).astype(int))
+            out.append((position, dict.fromkeys(STAT_COLUMNS, np.nan), empty))
+            continue
+        image = stats_image(result.image, settings)
+        taken = empty
+        if settings.texture_view:
+            rng = np.random.default_rng([settings.seed, position])
+            taken = foreground_patches(image, settings.patch_size, settings.patches_per_image, rng, settings.white)
+        out.append((position, image_statistics(image, settings), taken))
+    return out
+
+
+def evidence_cache_path(work: str | Path, fingerprint: str, settings: PhotoSettings) -> Path:
+    """Where the evidence of one index state (its fingerprint) and these settings is kept."""
+    key = json.dumps({"index": fingerprint, **{k: getattr(settings, k) for k in EVIDENCE_KEYS}}, sort_keys=True)
+    return Path(work) / f"photo_evidence_{hashlib.blake2b(key.encode(), digest_size=8).hexdigest()}.npz"
+
+
+def photo_evidence(data: str | Path, manifest: pd.DataFrame, settings: PhotoSettings = PhotoSettings(),
+                   progress=None, workers: int = 0, cache: str | Path | None = None) -> PhotoEvidence:
+    """Statistics and foreground patches for every usable manifest row, from one decode per file.
+
+    Rows are decoded in parallel (`workers`, 0 = one per core; results do not depend on it). With
+    `cache` (a path from `evidence_cache_path`, keyed by the index fingerprint), a second run on an
+    unchanged folder decodes nothing.
+    """
+    if cache is not None and Path(cache).exists():
+        with np.load(cache) as stored:
+            if len(stored["stats"]) == len(manifest):
+                if progress is not None:
+                    progress.update(len(manifest))
+                return PhotoEvidence(pd.DataFrame(stored["stats"], index=manifest.index, columns=list(STAT_COLUMNS)),
+                                     stored["patches"], stored["owner"].astype(int))
+    rows = list(zip(range(len(manifest)), manifest["path"], manifest["cache_row"] >= 0))
+    chunks = [(str(data), rows[start:start + 32], settings) for start in range(0, len(rows), 32)]
+    workers = workers or os.cpu_count() or 1
+    stats, patches, owners = [None] * len(rows), [], []
+    if workers > 1 and len(chunks) > 2:
+        context = multiprocessing.get_context("fork" if os.name == "posix" else "spawn")
+        with context.Pool(workers) as pool:
+            results = list(_progress(pool.imap(_evidence_chunk, chunks), progress))
+    else:
+        results = list(_progress(map(_evidence_chunk, chunks), progress))
+    for chunk in results:
+        for position, values, taken in chunk:
+            stats[position] = values
+            patches.append(taken)
+            owners.append(np.full(len(taken), position))
+    empty = np.zeros((0, settings.patch_size, settings.patch_size, 3), np.uint8)
+    evidence = PhotoEvidence(pd.DataFrame(stats, index=manifest.index, columns=list(STAT_COLUMNS)),
+                             np.concatenate(patches or [empty]), np.concatenate(owners or [np.zeros(0, int)]).astype(int))
+    if cache is not None:
+        tmp = Path(cache).with_suffix(".tmp.npz")
+        np.savez(tmp, stats=evidence.stats.to_numpy(float), patches=evidence.patches, owner=evidence.owner)
+        os.replace(tmp, cache)
+        for old in Path(cache).parent.glob("photo_evidence_*.npz"):  # evidence of earlier index states
+            if old.name != Path(cache).name:
+                old.unlink(missing_ok=True)
+    return evidence
+
+
+def _progress(chunks, bar):
+    """Tick the bar by each chunk's rows."""
+    for chunk in chunks:
+        if bar is not None:
+            bar.update(len(chunk))
+        yield chunk
 
 
 def photo_index(stats: pd.DataFrame, settings: PhotoSettings = PhotoSettings()) -> np.ndarray:

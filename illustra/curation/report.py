@@ -60,17 +60,23 @@ def _thumbs(manifest: pd.DataFrame, pixels: np.ndarray, rows, limit: int = 24) -
 
 def class_section(manifest: pd.DataFrame, classes: list[str], summary: dict) -> str:
     """Class counts before/after cleaning, as a bar chart and a table."""
-    table = pd.DataFrame({"before": summary["class_counts_before"], "after": summary["class_counts_after"]}).reindex(classes)
+    plan = summary.get("imbalance_plan", "none")
+    seen_label = {"none": "per epoch (no correction)", "over": "draws per epoch (over-sampling)",
+                  "under": "draws per epoch (under-sampling)", "weights": "loss mass per epoch (class weights)"}[plan]
+    table = pd.DataFrame({"before cleaning": summary["class_counts_before"], "after cleaning": summary["class_counts_after"],
+                          seen_label: summary.get("class_mass_per_epoch", {})}).reindex(classes)
     fig, ax = plt.subplots(figsize=(9, 3.2))
     x = np.arange(len(classes))
-    ax.bar(x - 0.2, table["before"], 0.4, label="all usable")
-    ax.bar(x + 0.2, table["after"], 0.4, label="cleaned")
+    for offset, column in zip((-0.27, 0.0, 0.27), table.columns):
+        ax.bar(x + offset, table[column], 0.27, label=column)
     ax.set_xticks(x, classes, rotation=60)
     ax.legend()
     ax.set_ylabel("images")
-    text = (f"<p>Imbalance (largest / smallest class): <b>{summary['imbalance_before']}x</b> before, "
-            f"<b>{summary['imbalance_after']}x</b> after cleaning. Fine-tuning corrects it with the manifest's "
-            "plan columns (<code>sample_weight</code> for over/under-sampling, <code>class_weight</code> for the loss).</p>")
+    text = (f"<p>Imbalance (largest / smallest class): <b>{summary['imbalance_before']}x</b> before cleaning, "
+            f"<b>{summary['imbalance_after']}x</b> after cleaning, and <b>{summary.get('imbalance_as_trained', '?')}x</b> "
+            f"as the model sees it under fine-tuning's plan <code>{plan}</code> (configs/finetune.yaml "
+            "<code>imbalance</code>; the same rule fine-tuning samples or weights with, "
+            "<code>illustra/curation/balance.py</code>).</p>")
     return section("classes", "Class distribution", text + f'<div class="row">{figure_tag(fig)}{table_tag(table)}</div>')
 
 

@@ -11,13 +11,13 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from illustra.curation.balance import balance_columns, class_counts
+from illustra.curation.balance import balance_columns, class_counts, epoch_class_mass
 from illustra.curation.duplicates import DuplicateSettings, find_duplicates
-from illustra.curation.photos import PhotoSettings, detect_photos, photo_evidence
+from illustra.curation.photos import PhotoSettings, detect_photos, evidence_cache_path, photo_evidence
 from illustra.data.cache import CacheSpec, open_pixels
 from illustra.data.index import read_classes
 from illustra.data.manifest import save_manifest
-from illustra.data.workspace import index_identity
+from illustra.data.workspace import index_identity, read_index_info
 from illustra.ssl.jobs import embed_folder
 from illustra.train.loop import tensorboard_writer
 
@@ -33,6 +33,7 @@ class CurationSettings:
     drop_photos: bool = True
     drop_duplicates: bool = True
     drop_blank: bool = True
+    imbalance_plan: str = ""  # the plan the report shows; "" = fine-tuning's (configs/finetune.yaml `imbalance`)
 
     @classmethod
     def from_dict(cls, raw: dict | None) -> CurationSettings:
@@ -89,7 +90,9 @@ def curate(data: str | Path, out: str | Path, work: str | Path, encoder: str | P
     step = time.perf_counter()
     if "photos" in jobs:
         with tqdm(total=len(manifest), desc="photo statistics + patches", unit="img", leave=False) as bar:
-            evidence = photo_evidence(data, manifest, settings.photos, bar)
+            fingerprint = read_index_info(work).get("fingerprint", "")  # evidence of an unchanged index is reused
+            cache = evidence_cache_path(work, fingerprint, settings.photos) if fingerprint else None
+            evidence = photo_evidence(data, manifest, settings.photos, bar, cache=cache)
         writer = tensorboard_writer(out) if settings.photos.texture_view else None
         with tqdm(total=settings.photos.texture_steps, desc="texture view", unit="step", leave=False) as bar:
             photo_columns = detect_photos(evidence.stats, embeddings, settings.photos, evidence.patches,
@@ -106,7 +109,7 @@ def curate(data: str | Path, out: str | Path, work: str | Path, encoder: str | P
     manifest = manifest.join(balance_columns(manifest[manifest["clean"]], classes).reindex(manifest.index))
     manifest["decision"] = _decision(manifest)
     _write_outputs(out, manifest, pairs)
-    summary = _summary(manifest, classes, pairs, timings, started)
+    summary = _summary(manifest, classes, pairs, timings, started, settings.imbalance_plan or _finetune_plan())
     (out / "curation.json").write_text(json.dumps({**summary, "index": index_identity(work), "settings": {
         "duplicates": settings.duplicates.to_dict(), "photos": settings.photos.to_dict()}}, indent=2), encoding="utf-8")
     if "report" in jobs:
@@ -147,12 +150,23 @@ def _write_outputs(out: Path, manifest: pd.DataFrame, pairs: pd.DataFrame) -> No
     save_manifest(manifest[manifest["clean"]], out / "clean.csv")
 
 
-def _summary(manifest: pd.DataFrame, classes: list[str], pairs: pd.DataFrame, timings: dict, started: float) -> dict:
+def _finetune_plan() -> str:
+    """The imbalance plan fine-tuning will apply (configs/finetune.yaml under the device profile)."""
+    from illustra.config import load_config
+
+    return str(load_config("finetune.yaml", section="finetune").get("imbalance", "none"))
+
+
+def _summary(manifest: pd.DataFrame, classes: list[str], pairs: pd.DataFrame, timings: dict, started: float,
+             plan: str = "none") -> dict:
     """Counts and timings of one curation run."""
     clean = manifest[manifest["clean"]]
     before = class_counts(manifest[manifest["cache_row"] >= 0], classes)
     after = class_counts(clean, classes)
+    seen = epoch_class_mass(after, plan)
     return {
+        "imbalance_plan": plan, "class_mass_per_epoch": {k: round(float(v), 1) for k, v in seen.items()},
+        "imbalance_as_trained": round(float(seen.max() / max(seen[seen > 0].min(), 1e-9)), 2),
         "files": len(manifest), "usable": int((manifest["cache_row"] >= 0).sum()),
         "blank": int(manifest["blank"].sum()),
         "duplicate_groups": int(manifest.loc[manifest["dup_group"] >= 0, "dup_group"].nunique()),
