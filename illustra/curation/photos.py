@@ -56,7 +56,7 @@ class PhotoSettings:
     threshold: float = 0.5
     self_training_rounds: int = 1    # logistic regression on confident pseudo-labels, stats + embedding PCA; 0: off
     self_training_components: int = 16
-    self_training_confidence: float = 0.9  # round 1 trusts scores above this / below 1 - this; later rounds 0.95
+    self_training_confidence: float = 0.9  # round 1 trusts scores above this / below 1 - this
     texture_view: bool = True        # patch CNN on the foreground, trained on the frame view's confident calls
     patch_size: int = 32             # patch side, pixels at stats_side scale
     patches_per_image: int = 8
@@ -64,6 +64,12 @@ class PhotoSettings:
     texture_seconds: float = 600.0   # time budget for that training
     texture_confidence: float = 0.9  # frame scores above this / below 1 - this are its pseudo-labels
     texture_threshold: float = 0.0   # mean patch logit above which the texture view calls a photo
+    texture_width: int = 16          # channels of the texture CNN's first layer
+    texture_batch: int = 128         # patches per training step, half from each side
+    texture_lr: float = 0.002        # peak learning rate of its one-cycle schedule
+    patch_min_cover: float = 0.95    # share of a patch that must be foreground
+    min_confident: int = 5           # fewest confident images per side before a learner is trained on them
+    self_training_later_confidence: float = 0.95  # confidence of self-training rounds after the first
     seed: int = 0
 
     @classmethod
@@ -138,7 +144,7 @@ class PhotoEvidence(NamedTuple):
 
 
 EVIDENCE_KEYS = ("stats_side", "white", "sharp_edge", "flat", "texture_scale", "texture_step", "texture_view",
-                 "patch_size", "patches_per_image", "seed")  # the settings the evidence depends on
+                 "patch_size", "patches_per_image", "patch_min_cover", "seed")  # the settings the evidence depends on
 
 
 def _evidence_chunk(task: tuple[str, list[tuple[int, str, bool]], PhotoSettings]) -> list[tuple[int, dict, np.ndarray]]:
@@ -155,7 +161,8 @@ def _evidence_chunk(task: tuple[str, list[tuple[int, str, bool]], PhotoSettings]
         taken = empty
         if settings.texture_view:
             rng = np.random.default_rng([settings.seed, position])
-            taken = foreground_patches(image, settings.patch_size, settings.patches_per_image, rng, settings.white)
+            taken = foreground_patches(image, settings.patch_size, settings.patches_per_image, rng, settings.white,
+                                       settings.patch_min_cover)
         out.append((position, image_statistics(image, settings), taken))
     return out
 
@@ -273,16 +280,17 @@ def texture_view_logits(frame_score: np.ndarray, patches: np.ndarray, owner: np.
                         settings: PhotoSettings = PhotoSettings(), progress=None, writer=None) -> np.ndarray:
     """Mean patch logit per row from a TextureNet trained on the frame view's confident calls (NaN: no patch).
 
-    All NaN when either side has fewer than 5 confident images with patches (nothing to learn from).
+    All NaN when either side has fewer than `min_confident` confident images with patches (nothing to learn from).
     """
     confidence = settings.texture_confidence
     per_patch = frame_score[owner]
     labels = np.where(per_patch > confidence, 1, np.where(per_patch < 1 - confidence, 0, -1))
-    if min(len(np.unique(owner[labels == 1])), len(np.unique(owner[labels == 0]))) < 5:
+    if min(len(np.unique(owner[labels == 1])), len(np.unique(owner[labels == 0]))) < settings.min_confident:
         return np.full(len(frame_score), np.nan)
     train = labels >= 0
-    model = fit_texture_net(patches[train], labels[train], steps=settings.texture_steps,
-                            seconds=settings.texture_seconds, seed=settings.seed, progress=progress, writer=writer)
+    model = fit_texture_net(patches[train], labels[train], steps=settings.texture_steps, batch=settings.texture_batch,
+                            learning_rate=settings.texture_lr, seconds=settings.texture_seconds, seed=settings.seed,
+                            progress=progress, writer=writer, width=settings.texture_width)
     return image_means(owner, patch_logits(model, patches), len(frame_score))
 
 
@@ -313,11 +321,11 @@ def self_train(stats: pd.DataFrame, embeddings: np.ndarray, score: np.ndarray, s
     for _ in range(settings.self_training_rounds):
         confident = (score > confidence) | (score < 1 - confidence)
         positives = int((score[confident] > 0.5).sum())
-        if positives < 5 or confident.sum() - positives < 5:
+        if positives < settings.min_confident or confident.sum() - positives < settings.min_confident:
             return score
         model = LogisticRegression(max_iter=2000).fit(features[confident], score[confident] > 0.5)
         score = model.predict_proba(features)[:, 1]
-        confidence = max(confidence, 0.95)
+        confidence = max(confidence, settings.self_training_later_confidence)
     return score
 
 

@@ -28,10 +28,10 @@ class UnknownClassError(ValueError):
     """An evaluation folder whose name the model does not know."""
 
 
-def split_table(curation: str | Path, seed: int = 0) -> pd.DataFrame:
+def split_table(curation: str | Path, seed: int = 0, val: float = 0.15, test: float = 0.15) -> pd.DataFrame:
     """The cleaned manifest of a curation run with a `split` column (train / val / test, no group leakage)."""
     clean = load_manifest(Path(curation) / "clean.csv").reset_index(drop=True)
-    clean["split"] = split_manifest(clean, seed)
+    clean["split"] = split_manifest(clean, seed, val, test)
     leaks = leaking_groups(clean, clean["split"])
     if leaks:
         raise RuntimeError(f"duplicate groups straddle splits: {leaks[:5]}")
@@ -115,7 +115,7 @@ def finetune_folder(curation: str | Path, out: str | Path, work: str | Path | No
     made_from = curation_index(curation)
     work = Path(work or made_from.get("work") or "work/index")
     rank, _ = distributed()  # under torchrun every rank trains on its share; rank 0 writes and scores
-    table = split_table(curation, config.seed) if table is None else table
+    table = split_table(curation, config.seed, config.val_share, config.test_share) if table is None else table
     remapped = remap_to_index(table, work, made_from)
     if remapped.kept == 0:
         raise WorkspaceError(f"none of the {len(table)} images of {curation} is in the index {work} any more: "

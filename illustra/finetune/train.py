@@ -50,6 +50,8 @@ class FinetuneConfig:
     encoder: EncoderConfig = field(default_factory=EncoderConfig)  # used by scratch mode only
     input_size: int = 0                # 0: the encoder's own; else train and predict at this size (<= cache size)
     seed: int = 0
+    val_share: float = 0.15            # of each class's duplicate groups, held out for validation ...
+    test_share: float = 0.15           # ... and for the test score (split by groups, seeded by `seed`)
     time_budget_s: float = 0.0
     threads: int = 0
     channels_last_cpu: bool = True    # channels_last on CPU too (CUDA always uses it); see benchmarks/RESULTS.md
