@@ -3,11 +3,59 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
+import functools
+import sys
 from pathlib import Path
 
 import yaml
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+def yaml_defaults(path: str, *section: str):
+    """Class decorator, under @dataclass: each annotated field's default is read from configs/PATH[section...].
+
+    The YAML is the one source of a config's defaults: a field the YAML lacks is an error at import
+    (unless the class gives it a default in code, for recorded values such as `profile`); a field
+    typed as another dataclass is built from its YAML block; lists become tuples where the field is a tuple.
+    """
+    def wrap(cls):
+        raw = yaml.safe_load((CONFIG_DIR / path).read_text(encoding="utf-8")) or {}
+        for key in section:
+            raw = raw[key]
+        namespace = sys.modules[cls.__module__].__dict__
+        for name, annotation in cls.__dict__.get("__annotations__", {}).items():
+            if name in cls.__dict__:
+                continue  # a recorded value with its own default in code
+            if name not in raw:
+                raise KeyError(f"configs/{path} has no `{'.'.join((*section, name))}` (default of {cls.__name__}.{name})")
+            nested = namespace.get(str(annotation))
+            if dataclasses.is_dataclass(nested):
+                setattr(cls, name, dataclasses.field(default_factory=functools.partial(build, nested, raw[name])))
+            else:
+                setattr(cls, name, tuple(raw[name]) if str(annotation).startswith("tuple") else raw[name])
+        return cls
+
+    return wrap
+
+
+def build(cls, raw: dict | None):
+    """A config dataclass from a (partial) mapping: missing keys keep their YAML defaults, lists become tuples."""
+    hints = {f.name: str(f.type) for f in dataclasses.fields(cls)}
+    unknown = set(raw or {}) - set(hints)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} keys: {sorted(unknown)}; known: {sorted(hints)}")
+    namespace = sys.modules[cls.__module__].__dict__
+    values = {}
+    for key, value in (raw or {}).items():
+        nested = namespace.get(hints[key])
+        if dataclasses.is_dataclass(nested) and isinstance(value, dict):
+            value = build(nested, value)
+        elif isinstance(value, list) and hints[key].startswith("tuple"):
+            value = tuple(value)
+        values[key] = value
+    return cls(**values)
 
 
 PROFILED = ("ssl", "finetune")  # configs whose dataclass records the profile it was resolved with

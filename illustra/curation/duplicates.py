@@ -22,30 +22,33 @@ from scipy.fft import dct
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
+from illustra.config import build, yaml_defaults
+
 GRAY = np.array([0.299, 0.587, 0.114], np.float32)
 LOSSLESS = {"PNG", "BMP", "TIFF", "GIF", "WEBP_LOSSLESS"}
 
 
 @dataclass(frozen=True)
+@yaml_defaults("curation.yaml", "duplicates")
 class DuplicateSettings:
     """Thresholds of the duplicate job; chosen on the benchmark truth (benchmarks/duplicates.py), then frozen."""
 
-    hash_radius: int = 12            # pHash candidates: Hamming distance <= this (of 64 bits)
-    embedding_k: int = 10            # FAISS neighbours per image on the SSL embeddings
-    embedding_min_cosine: float = 0.8
-    blank_ink: float = 0.002         # images with less ink than this are 'blank': never called duplicates
-    prefilter: float = 0.1           # cheap 8 px shift-tolerant difference; pairs above it are rejected
-    max_crop: float = 0.065          # largest border share the crop search tries, per side
-    content_size: int = 32           # side of the content square the residual is measured on
-    refine_step: float = 0.005       # local crop refinement step (0 = off) ...
-    refine_band: float = 4.0         # ... for pairs whose first residual is within this factor of the threshold
-    max_residual: float = 0.04       # relative residual that still counts as a duplicate (benchmarks/duplicates.py)
-    batch_pairs: int = 4096
+    hash_radius: int  # pHash candidates: Hamming distance <= this (of 64 bits)
+    embedding_k: int  # FAISS neighbours per image on the SSL embeddings
+    embedding_min_cosine: float
+    blank_ink: float  # images with less ink than this are 'blank': never called duplicates
+    prefilter: float  # cheap 8 px shift-tolerant difference; pairs above it are rejected
+    max_crop: float  # largest border share the crop search tries, per side
+    content_size: int  # side of the content square the residual is measured on
+    refine_step: float  # local crop refinement step (0 = off) ...
+    refine_band: float  # ... for pairs whose first residual is within this factor of the threshold
+    max_residual: float  # relative residual that still counts as a duplicate (benchmarks/duplicates.py)
+    batch_pairs: int
 
     @classmethod
     def from_dict(cls, raw: dict | None) -> DuplicateSettings:
         """Settings from a config mapping (unknown keys are an error)."""
-        return cls(**(raw or {}))
+        return build(cls, raw)
 
     def to_dict(self) -> dict:
         """Plain mapping, for the run record."""

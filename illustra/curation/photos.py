@@ -28,6 +28,7 @@ from sklearn.decomposition import PCA
 from sklearn.mixture import GaussianMixture
 from sklearn.preprocessing import RobustScaler
 
+from illustra.config import build, yaml_defaults
 from illustra.curation.texture import fit_texture_net, foreground_patches, image_means, patch_logits
 from illustra.data.imageio import load_image
 
@@ -36,46 +37,47 @@ STAT_COLUMNS = ("foreground_share", "flat_share", "soft_edge_share", "sharp_edge
 
 
 @dataclass(frozen=True)
+@yaml_defaults("curation.yaml", "photos")
 class PhotoSettings:
     """Knobs of the photo job (label-free; see benchmarks/RESULTS.md for how they score)."""
 
-    stats_side: int = 256            # long side the statistics are measured at (native if smaller)
-    white: int = 240                 # a pixel whose every channel is >= this is background
-    sharp_edge: int = 24             # neighbour difference (max over RGB) counted as a sharp edge
-    flat: int = 2                    # ... and at most this counts as flat
-    texture_scale: int = 2           # texture is measured after shrinking by this (averages JPEG noise away)
-    texture_step: int = 2            # luma minus its 3x3 median, at least this, counts as texture
-    frame_weight: float = 4.0        # photo index: weight of 'fills the frame' evidence
-    penalise_background: bool = False  # False: a white background is no evidence against a photo (cut-outs)
-    texture_weight: float = 1.0      # photo index: weight of foreground texture evidence
-    embedding_components: int = 0    # PCA dims of the SSL embedding joined to the stats; 0: measured better (RESULTS.md)
-    embedding_weight: float = 1.0
-    min_cluster_size: int = 30
-    min_samples: int = 10
-    max_components: int = 6          # mixture sizes tried on the photo index, chosen by BIC
-    threshold: float = 0.5
-    self_training_rounds: int = 1    # logistic regression on confident pseudo-labels, stats + embedding PCA; 0: off
-    self_training_components: int = 16
-    self_training_confidence: float = 0.9  # round 1 trusts scores above this / below 1 - this
-    texture_view: bool = True        # patch CNN on the foreground, trained on the frame view's confident calls
-    patch_size: int = 32             # patch side, pixels at stats_side scale
-    patches_per_image: int = 8
-    texture_steps: int = 1500        # training steps (batch 128); about 2 min on 2 CPU cores
-    texture_seconds: float = 600.0   # time budget for that training
-    texture_confidence: float = 0.9  # frame scores above this / below 1 - this are its pseudo-labels
-    texture_threshold: float = 0.0   # mean patch logit above which the texture view calls a photo
-    texture_width: int = 16          # channels of the texture CNN's first layer
-    texture_batch: int = 128         # patches per training step, half from each side
-    texture_lr: float = 0.002        # peak learning rate of its one-cycle schedule
-    patch_min_cover: float = 0.95    # share of a patch that must be foreground
-    min_confident: int = 5           # fewest confident images per side before a learner is trained on them
-    self_training_later_confidence: float = 0.95  # confidence of self-training rounds after the first
-    seed: int = 0
+    stats_side: int  # long side the statistics are measured at (native if smaller)
+    white: int  # a pixel whose every channel is >= this is background
+    sharp_edge: int  # neighbour difference (max over RGB) counted as a sharp edge
+    flat: int  # ... and at most this counts as flat
+    texture_scale: int  # texture is measured after shrinking by this (averages JPEG noise away)
+    texture_step: int  # luma minus its 3x3 median, at least this, counts as texture
+    frame_weight: float  # photo index: weight of 'fills the frame' evidence
+    penalise_background: bool  # False: a white background is no evidence against a photo (cut-outs)
+    texture_weight: float  # photo index: weight of foreground texture evidence
+    embedding_components: int  # PCA dims of the SSL embedding joined to the stats; 0: measured better (RESULTS.md)
+    embedding_weight: float
+    min_cluster_size: int
+    min_samples: int
+    max_components: int  # mixture sizes tried on the photo index, chosen by BIC
+    threshold: float
+    self_training_rounds: int  # logistic regression on confident pseudo-labels, stats + embedding PCA; 0: off
+    self_training_components: int
+    self_training_confidence: float  # round 1 trusts scores above this / below 1 - this
+    texture_view: bool  # patch CNN on the foreground, trained on the frame view's confident calls
+    patch_size: int  # patch side, pixels at stats_side scale
+    patches_per_image: int
+    texture_steps: int  # training steps (batch 128); about 2 min on 2 CPU cores
+    texture_seconds: float  # time budget for that training
+    texture_confidence: float  # frame scores above this / below 1 - this are its pseudo-labels
+    texture_threshold: float  # mean patch logit above which the texture view calls a photo
+    texture_width: int  # channels of the texture CNN's first layer
+    texture_batch: int  # patches per training step, half from each side
+    texture_lr: float  # peak learning rate of its one-cycle schedule
+    patch_min_cover: float  # share of a patch that must be foreground
+    min_confident: int  # fewest confident images per side before a learner is trained on them
+    self_training_later_confidence: float  # confidence of self-training rounds after the first
+    seed: int
 
     @classmethod
     def from_dict(cls, raw: dict | None) -> PhotoSettings:
-        """Settings from a config mapping."""
-        return cls(**(raw or {}))
+        """Settings from a config mapping (unknown keys are an error)."""
+        return build(cls, raw)
 
     def to_dict(self) -> dict:
         """Plain mapping, for the run record."""

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from illustra.config import build, yaml_defaults
 from illustra.curation.balance import balance_columns, class_counts, epoch_class_mass
 from illustra.curation.duplicates import DuplicateSettings, find_duplicates
 from illustra.curation.photos import PhotoSettings, detect_photos, evidence_cache_path, photo_evidence
@@ -25,22 +26,21 @@ JOBS = ("duplicates", "photos", "report")
 
 
 @dataclass
+@yaml_defaults("curation.yaml")
 class CurationSettings:
     """Everything the curate command needs besides paths (configs/curation.yaml)."""
 
-    duplicates: DuplicateSettings = field(default_factory=DuplicateSettings)
-    photos: PhotoSettings = field(default_factory=PhotoSettings)
-    drop_photos: bool = True
-    drop_duplicates: bool = True
-    drop_blank: bool = True
-    imbalance_plan: str = ""  # the plan the report shows; "" = fine-tuning's (configs/finetune.yaml `imbalance`)
+    duplicates: DuplicateSettings
+    photos: PhotoSettings
+    drop_photos: bool
+    drop_duplicates: bool
+    drop_blank: bool
+    imbalance_plan: str  # the plan the report shows; "" = fine-tuning's (configs/finetune.yaml `imbalance`)
 
     @classmethod
     def from_dict(cls, raw: dict | None) -> CurationSettings:
-        """Settings from the YAML mapping."""
-        raw = dict(raw or {})
-        return cls(duplicates=DuplicateSettings.from_dict(raw.pop("duplicates", None)),
-                   photos=PhotoSettings.from_dict(raw.pop("photos", None)), **raw)
+        """Settings from the YAML mapping (nested duplicates / photos; unknown keys are an error)."""
+        return build(cls, raw)
 
 
 def clean_mask(manifest: pd.DataFrame, settings: CurationSettings) -> pd.Series:

@@ -10,7 +10,7 @@ resume, progress, TensorBoard) is the training core's (`illustra.train`).
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from sklearn.metrics import f1_score
 from torch import nn
 
+from illustra.config import build, yaml_defaults
 from illustra.curation.balance import class_weights, epoch_indices
 from illustra.finetune.model import Classifier, predict_proba, save_classifier
 from illustra.ssl.augment import ViewConfig, make_view, to_float
@@ -32,43 +33,35 @@ MODES = ("linear", "full", "scratch")
 
 
 @dataclass
+@yaml_defaults("finetune.yaml")
 class FinetuneConfig:
     """The fine-tuning recipe (configs/finetune.yaml)."""
 
-    mode: str = "full"                 # linear: encoder frozen | full: unfrozen, lower lr | scratch: random init
-    epochs: int = 30
-    batch_size: int = 128
-    lr: float = 0.003                  # head learning rate (AdamW)
-    encoder_lr_scale: float = 0.3      # encoder lr = lr * this in full / scratch mode
-    weight_decay: float = 0.0005
-    warmup_epochs: int = 1
-    label_smoothing: float = 0.1
-    ema_decay: float = 0.998           # per step; 0 = off
-    imbalance: str = "weights"         # none | over | under | weights (class-weighted loss)
-    views: ViewConfig = field(default_factory=lambda: ViewConfig(crop_scale=(0.6, 1.0), jitter=0.5, brightness=0.2,
-                                                                  contrast=0.2, saturation=0.2, hue=0.02, grayscale=0.05))
-    encoder: EncoderConfig = field(default_factory=EncoderConfig)  # used by scratch mode only
-    input_size: int = 0                # 0: the encoder's own; else train and predict at this size (<= cache size)
-    seed: int = 0
-    val_share: float = 0.15            # of each class's duplicate groups, held out for validation ...
-    test_share: float = 0.15           # ... and for the test score (split by groups, seeded by `seed`)
-    time_budget_s: float = 0.0
-    threads: int = 0
-    channels_last_cpu: bool = True    # channels_last on CPU too (CUDA always uses it); see benchmarks/RESULTS.md
+    mode: str  # linear: encoder frozen | full: unfrozen, lower lr | scratch: random init
+    epochs: int
+    batch_size: int
+    lr: float  # head learning rate (AdamW)
+    encoder_lr_scale: float  # encoder lr = lr * this in full / scratch mode
+    weight_decay: float
+    warmup_epochs: int
+    label_smoothing: float
+    ema_decay: float  # per step; 0 = off
+    imbalance: str  # none | over | under | weights (class-weighted loss)
+    views: ViewConfig
+    encoder: EncoderConfig  # used by scratch mode only
+    input_size: int  # 0: the encoder's own; else train and predict at this size (<= cache size)
+    seed: int
+    val_share: float  # of each class's duplicate groups, held out for validation ...
+    test_share: float  # ... and for the test score (split by groups, seeded by `seed`)
+    time_budget_s: float
+    threads: int
+    channels_last_cpu: bool  # channels_last on CPU too (CUDA always uses it); see benchmarks/RESULTS.md
     profile: str = ""                  # the device profile the config was resolved with (recorded in the weights)
 
     @classmethod
     def from_dict(cls, raw: dict) -> FinetuneConfig:
-        """Config from a YAML mapping (nested views / encoder)."""
-        raw = dict(raw)
-        views = raw.pop("views", None) or {}
-        encoder = raw.pop("encoder", None) or {}
-        known = {f.name for f in fields(cls)}
-        unknown = set(raw) - known
-        if unknown:
-            raise ValueError(f"unknown fine-tuning keys: {sorted(unknown)}")
-        views = {k: tuple(v) if isinstance(v, list) else v for k, v in views.items()}
-        return cls(views=ViewConfig(**views), encoder=EncoderConfig(**encoder), **raw)
+        """Config from a YAML mapping (nested views / encoder); unknown keys are an error."""
+        return build(cls, raw)
 
     def to_dict(self) -> dict:
         """Plain mapping for metadata and logs."""

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
+from illustra.config import yaml_defaults
 from illustra.train.random import rand
 
 GRAY_WEIGHTS = (0.299, 0.587, 0.114)
@@ -22,20 +23,21 @@ STD = (0.25, 0.25, 0.25)
 
 
 @dataclass(frozen=True)
+@yaml_defaults("ssl.yaml", "views")
 class ViewConfig:
     """How one SimCLR view is made from a cached image."""
 
-    crop_scale: tuple[float, float] = (0.25, 1.0)
-    crop_ratio: tuple[float, float] = (0.75, 4 / 3)
-    flip: float = 0.5
-    jitter: float = 0.8  # probability of colour jitter
-    brightness: float = 0.4
-    contrast: float = 0.4
-    saturation: float = 0.4
-    hue: float = 0.1
-    grayscale: float = 0.2
-    blur: float = 0.0  # probability of Gaussian blur (0 keeps photo texture cues)
-    blur_sigma: tuple[float, float] = (0.1, 1.0)
+    crop_scale: tuple[float, float]
+    crop_ratio: tuple[float, float]
+    flip: float
+    jitter: float  # probability of colour jitter
+    brightness: float
+    contrast: float
+    saturation: float
+    hue: float
+    grayscale: float
+    blur: float  # probability of Gaussian blur (0 keeps photo texture cues)
+    blur_sigma: tuple[float, float]
 
     def to_dict(self) -> dict:
         """Plain dict for logs and metadata."""

@@ -11,18 +11,20 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from illustra.config import yaml_defaults
 from illustra.weights import load_weights, with_prefix
 
 
 @dataclass(frozen=True)
+@yaml_defaults("ssl.yaml", "encoder")
 class EncoderConfig:
     """Architecture of the encoder; stored in every weights file's metadata."""
 
-    width: int = 32  # channels of the first stage; doubled at every later stage
-    stages: int = 4
-    blocks_per_stage: int = 1
-    input_size: int = 32  # pixels of the square input
-    stem_stride: int = 1  # 1 keeps full resolution for 32-64 px inputs
+    width: int  # channels of the first stage; doubled at every later stage
+    stages: int
+    blocks_per_stage: int
+    input_size: int  # pixels of the square input
+    stem_stride: int  # 1 keeps full resolution for 32-64 px inputs
 
     @property
     def feature_dim(self) -> int:

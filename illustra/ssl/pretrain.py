@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from illustra.config import build, yaml_defaults
 from illustra.ssl.augment import ViewConfig, make_view, to_float
 from illustra.ssl.encoder import Encoder, EncoderConfig, load_encoder
 from illustra.ssl.knn import knn_monitor
@@ -31,38 +32,33 @@ __all__ = ["ENCODER_FILE", "PretrainConfig", "SimCLR", "export_encoder", "load_e
 
 
 @dataclass(frozen=True)
+@yaml_defaults("ssl.yaml")
 class PretrainConfig:
     """Everything that shapes a pretraining run (configs/ssl.yaml, overlaid by the device profile)."""
 
-    encoder: EncoderConfig = EncoderConfig()
-    views: ViewConfig = ViewConfig()
-    epochs: int = 30
-    batch_size: int = 256
-    optimizer: str = "adamw"  # adamw | lars
-    lr: float = 2e-3  # for batch 256; scaled linearly with the global batch
-    weight_decay: float = 1e-4
-    warmup_epochs: float = 2.0
-    temperature: float = 0.2
-    projection_hidden: int = 512
-    projection_dim: int = 128
-    knn_every: int = 5  # epochs between kNN monitor runs (0: never)
-    knn_k: int = 20
-    seed: int = 0
-    time_budget_s: float = 0.0  # 0: no budget
-    threads: int = 0  # torch CPU threads; 0: all cores
-    channels_last_cpu: bool = True  # channels_last on CPU too (CUDA always uses it); see benchmarks/RESULTS.md
+    encoder: EncoderConfig
+    views: ViewConfig
+    epochs: int
+    batch_size: int
+    optimizer: str  # adamw | lars
+    lr: float  # for batch 256; scaled linearly with the global batch
+    weight_decay: float
+    warmup_epochs: float
+    temperature: float
+    projection_hidden: int
+    projection_dim: int
+    knn_every: int  # epochs between kNN monitor runs (0: never)
+    knn_k: int
+    seed: int
+    time_budget_s: float  # 0: no budget
+    threads: int  # torch CPU threads; 0: all cores
+    channels_last_cpu: bool  # channels_last on CPU too (CUDA always uses it); see benchmarks/RESULTS.md
     profile: str = ""  # the device profile the config was resolved with (recorded in the weights)
 
     @classmethod
     def from_dict(cls, raw: dict) -> PretrainConfig:
         """Build from a YAML dict (nested `encoder` and `views` sections); unknown keys are an error."""
-        raw = dict(raw)
-        views = raw.pop("views", {}) or {}
-        views = {k: tuple(v) if isinstance(v, list) else v for k, v in views.items()}
-        unknown = set(raw) - {f for f in cls.__dataclass_fields__} - {"encoder"}
-        if unknown:
-            raise ValueError(f"unknown pretraining keys: {sorted(unknown)}")
-        return cls(encoder=EncoderConfig(**(raw.pop("encoder", {}) or {})), views=ViewConfig(**views), **raw)
+        return build(cls, raw)
 
     def to_dict(self) -> dict:
         """Plain nested dict (for metadata and logs)."""
