@@ -222,7 +222,7 @@ def test_curate_writes_every_output_and_never_touches_data(fixture_bench, tmp_pa
         assert (tmp_path / "cur" / name).is_file(), name
     assert {p: p.read_bytes() for p in data.rglob("*") if p.is_file()} == before
     photos = pd.read_csv(tmp_path / "cur" / "photos.csv")
-    assert list(photos.columns) == ["path", "photo_score", "is_photo", "frame_score", "patch_logit"]
+    assert list(photos.columns) == ["path", "file_id", "photo_score", "is_photo", "frame_score", "patch_logit"]
     assert photos["photo_score"].between(0, 1).all()
     assert any((tmp_path / "cur" / "tb").glob("events.out.tfevents.*"))  # the texture view's loss curve
     assert not photos["path"].str.contains("\\\\").any() and not photos["path"].str.startswith("/").any()
@@ -275,3 +275,30 @@ def test_photo_evidence_is_decoded_in_parallel_once_and_reused(fixture_bench, tm
     monkeypatch.setattr(photos, "load_image", no_decoding)
     again = photos.photo_evidence(data, manifest, settings, cache=cache)
     assert again.stats.equals(serial.stats) and np.array_equal(again.patches, serial.patches)
+
+
+def test_checks_plug_in_through_one_registry(fixture_bench, tmp_path, monkeypatch):
+    """Every check writes <name>_score / is_<name>; a new check needs only a class and a registry entry."""
+    from illustra.curation import run
+    from illustra.curation.checks import CHECKS, Check
+    from illustra.data.manifest import load_manifest
+
+    class TinyCheck(Check):
+        name = "tiny"
+
+        def fit(self, context):
+            small = context.manifest["bytes"] < context.manifest["bytes"].median()
+            return pd.DataFrame({"tiny_score": small.astype(float), "is_tiny": small}, index=context.manifest.index)
+
+    monkeypatch.setattr(run, "CHECKS", (*CHECKS, TinyCheck()))
+    encoder = tiny_encoder(tmp_path / "encoder.safetensors")
+    summary = curate(fixture_bench / "training", tmp_path / "cur", tmp_path / "work", encoder,
+                     CurationSettings(), jobs=("duplicates",))
+    manifest = load_manifest(tmp_path / "cur" / "manifest.csv")
+    for name in ("blank", "duplicate", "photo", "tiny"):
+        assert {f"{name}_score", f"is_{name}"} <= set(manifest.columns), name
+    tiny = manifest["is_tiny"].astype(bool)
+    assert tiny.any() and not manifest.loc[tiny, "clean"].astype(bool).any()  # flagged rows leave the set ...
+    assert (manifest.loc[tiny & (manifest["decision"] != "keep"), "decision"].isin(
+        ["drop: tiny", "drop: duplicate", "drop: blank image", "drop: duplicate group with conflicting labels"])).all()
+    assert summary["flagged"]["tiny"] == int(tiny.sum())  # ... and are counted, with no other change anywhere

@@ -255,7 +255,8 @@ def find_duplicates(manifest: pd.DataFrame, pixels: np.ndarray, embeddings: np.n
                     settings: DuplicateSettings = DuplicateSettings()) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Duplicate columns for every manifest row, and the confirmed pairs with how each was found.
 
-    Rows: `dup_group` (-1 = unique), `dup_keep`, `dup_reason`, `dup_label_conflict`, `blank`.
+    Rows: `dup_group` (-1 = unique), `dup_keep`, `dup_reason`, `dup_label_conflict` (blank images, which
+    `illustra.curation.checks.BlankCheck` flags, are never candidates).
     Pairs: `a, b` (manifest row numbers), `kind` (exact | near), `source` (pixels | hash | embedding | both),
     `residual`.
     """
@@ -286,7 +287,7 @@ def find_duplicates(manifest: pd.DataFrame, pixels: np.ndarray, embeddings: np.n
     pairs = pd.DataFrame({"a": usable[candidates[confirmed, 0]], "b": usable[candidates[confirmed, 1]],
                           "kind": np.where(is_exact[confirmed], "exact", "near"),
                           "source": source[confirmed], "residual": residual[confirmed]})
-    columns = _row_columns(manifest, usable, blank, pairs)
+    columns = _row_columns(manifest, pairs)
     return columns, pairs
 
 
@@ -312,11 +313,9 @@ def _candidate_source(candidates: np.ndarray, hashed: np.ndarray, embedded: np.n
     return np.where(in_hash & in_emb, "both", np.where(in_hash, "hash", np.where(in_emb, "embedding", "pixels")))
 
 
-def _row_columns(manifest: pd.DataFrame, usable: np.ndarray, blank: np.ndarray, pairs: pd.DataFrame) -> pd.DataFrame:
+def _row_columns(manifest: pd.DataFrame, pairs: pd.DataFrame) -> pd.DataFrame:
     """Per-row duplicate columns from confirmed pairs: group, keeper by the stated rule, reason, conflicts."""
     columns = pd.DataFrame(index=manifest.index)
-    columns["blank"] = False
-    columns.iloc[usable, columns.columns.get_loc("blank")] = blank
     groups = connected_groups(len(manifest), pairs[["a", "b"]].to_numpy())
     columns["dup_group"] = groups
     columns["dup_keep"] = True

@@ -191,9 +191,9 @@ def photos_section(manifest: pd.DataFrame, pixels: np.ndarray) -> str:
 
 def problems_section(manifest: pd.DataFrame) -> str:
     """Unusable files with their reasons."""
-    bad = manifest[(manifest["cache_row"] < 0) | manifest["blank"].astype(bool)]
+    bad = manifest[(manifest["cache_row"] < 0) | manifest["is_blank"].astype(bool)]
     table = bad[["path", "status", "reason"]].assign(
-        reason=np.where(bad["blank"].astype(bool), "blank image", bad["reason"]))
+        reason=np.where(bad["is_blank"].astype(bool), "blank image", bad["reason"]))
     return section("problems", f"Problems ({len(table)} files)", table_tag(table.head(200)) if len(table) else "<p>none</p>")
 
 

@@ -9,20 +9,19 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from illustra.config import build, yaml_defaults
 from illustra.curation.balance import balance_columns, class_counts, epoch_class_mass
-from illustra.curation.duplicates import DuplicateSettings, find_duplicates
-from illustra.curation.photos import PhotoSettings, detect_photos, evidence_cache_path, photo_evidence
+from illustra.curation.checks import CHECKS, Context
+from illustra.curation.duplicates import DuplicateSettings
+from illustra.curation.photos import PhotoSettings
 from illustra.data.cache import CacheSpec, open_pixels
 from illustra.data.index import read_classes
 from illustra.data.manifest import save_manifest
-from illustra.data.workspace import index_identity, read_index_info
+from illustra.data.workspace import index_identity
 from illustra.ssl.jobs import embed_folder
-from illustra.train.loop import tensorboard_writer
 
-JOBS = ("duplicates", "photos", "report")
+JOBS = ("duplicates", "photos", "report")  # --only: duplicates (and blank) always run
 
 
 @dataclass
@@ -44,28 +43,12 @@ class CurationSettings:
 
 
 def clean_mask(manifest: pd.DataFrame, settings: CurationSettings) -> pd.Series:
-    """Rows the cleaned training set keeps: usable, not blank, one per duplicate group, no photos, no ambiguous labels."""
+    """Rows the cleaned training set keeps: usable, and flagged by no check whose drop setting is on."""
     keep = manifest["cache_row"] >= 0
-    if settings.drop_blank:
-        keep &= ~manifest["blank"].astype(bool)
-    if settings.drop_duplicates:
-        keep &= manifest["dup_keep"].astype(bool) & ~manifest["label_ambiguous"].astype(bool)
-    if settings.drop_photos:
-        keep &= ~manifest["is_photo"].astype(bool)
+    for check in CHECKS:
+        if not check.drop_setting or getattr(settings, check.drop_setting):
+            keep &= ~manifest[f"is_{check.name}"].astype(bool)
     return keep
-
-
-def decide_label_conflicts(manifest: pd.DataFrame) -> pd.Series:
-    """A cross-class duplicate group keeps its keeper only if the keeper's class is the group's strict majority."""
-    ambiguous = pd.Series(False, index=manifest.index)
-    conflicted = manifest[manifest["dup_label_conflict"].astype(bool)]
-    for _, group in conflicted.groupby("dup_group"):
-        votes = group["class_folder"].value_counts()
-        keeper = group[group["dup_keep"].astype(bool)]
-        strict = len(votes) == 1 or votes.iloc[0] > votes.iloc[1]
-        if keeper.empty or not strict or keeper["class_folder"].iloc[0] != votes.index[0]:
-            ambiguous[group.index] = True
-    return ambiguous
 
 
 def curate(data: str | Path, out: str | Path, work: str | Path, encoder: str | Path,
@@ -79,31 +62,16 @@ def curate(data: str | Path, out: str | Path, work: str | Path, encoder: str | P
     embeddings = np.load(out / "embeddings" / "embeddings.npy")
     pixels, classes = open_pixels(work, spec), read_classes(work)
     timings["index+embed"] = time.perf_counter() - started
-    manifest = manifest.reset_index(drop=True)
-
-    step = time.perf_counter()
-    dup_columns, pairs = find_duplicates(manifest, pixels, embeddings, settings.duplicates)
-    manifest = manifest.join(dup_columns)
-    manifest["label_ambiguous"] = decide_label_conflicts(manifest)
-    timings["duplicates"] = time.perf_counter() - step
-
-    step = time.perf_counter()
-    if "photos" in jobs:
-        with tqdm(total=len(manifest), desc="photo statistics + patches", unit="img", leave=False) as bar:
-            fingerprint = read_index_info(work).get("fingerprint", "")  # evidence of an unchanged index is reused
-            cache = evidence_cache_path(work, fingerprint, settings.photos) if fingerprint else None
-            evidence = photo_evidence(data, manifest, settings.photos, bar, cache=cache)
-        writer = tensorboard_writer(out) if settings.photos.texture_view else None
-        with tqdm(total=settings.photos.texture_steps, desc="texture view", unit="step", leave=False) as bar:
-            photo_columns = detect_photos(evidence.stats, embeddings, settings.photos, evidence.patches,
-                                          evidence.owner, bar, writer)
-        if writer is not None:
-            writer.close()
-        manifest = manifest.join(evidence.stats).join(photo_columns)
-    else:
-        manifest = manifest.assign(photo_score=np.nan, is_photo=False, photo_cluster=-1, frame_score=np.nan,
-                                   patch_logit=np.nan)
-    timings["photos"] = time.perf_counter() - step
+    context = Context(Path(data), Path(work), out, manifest.reset_index(drop=True), pixels, embeddings, classes,
+                      settings)
+    manifest = context.manifest
+    for check in CHECKS:  # each adds <name>_score, is_<name> and its detail columns
+        step = time.perf_counter()
+        columns = check.fit(context) if not check.job or check.job in jobs else check.skipped(context)
+        manifest = manifest.join(columns)
+        context.manifest = manifest
+        timings[check.name] = time.perf_counter() - step
+    pairs = context.shared.get("duplicate_pairs", pd.DataFrame(columns=["a", "b", "kind", "source", "residual"]))
 
     manifest["clean"] = clean_mask(manifest, settings)
     manifest = manifest.join(balance_columns(manifest[manifest["clean"]], classes).reindex(manifest.index))
@@ -122,12 +90,12 @@ def curate(data: str | Path, out: str | Path, work: str | Path, encoder: str | P
 
 
 def _decision(manifest: pd.DataFrame) -> pd.Series:
-    """One human-readable decision per row (why it is in or out of the cleaned set)."""
+    """One human-readable decision per row (why it is in or out of the cleaned set), from the registry:
+    unreadable first, then the first check (in CHECKS order) that flags the row."""
     decision = pd.Series("keep", index=manifest.index)
-    decision[manifest["is_photo"].astype(bool)] = "drop: photo"
-    decision[manifest["label_ambiguous"].astype(bool)] = "drop: duplicate group with conflicting labels"
-    decision[~manifest["dup_keep"].astype(bool)] = "drop: duplicate"
-    decision[manifest["blank"].astype(bool)] = "drop: blank image"
+    for check in reversed(CHECKS):  # earlier checks win
+        flagged = manifest[f"is_{check.name}"].astype(bool)
+        decision[flagged] = check.reasons(manifest[flagged])
     decision[manifest["cache_row"] < 0] = "drop: unreadable"
     decision[manifest["clean"].astype(bool)] = "keep"
     return decision
@@ -137,15 +105,18 @@ def _write_outputs(out: Path, manifest: pd.DataFrame, pairs: pd.DataFrame) -> No
     """The files the issue names, all paths relative to DATA."""
     save_manifest(manifest, out / "manifest.csv")
     grouped = manifest[manifest["dup_group"] >= 0]
-    duplicates = pd.DataFrame({"path": grouped["path"], "group": grouped["dup_group"], "keep": grouped["dup_keep"],
+    duplicates = pd.DataFrame({"path": grouped["path"], "file_id": grouped["file_id"], "group": grouped["dup_group"],
+                               "keep": grouped["dup_keep"],
                                "reason": grouped["dup_reason"], "label_conflict": grouped["dup_label_conflict"]})
     duplicates.sort_values(["group", "keep"], ascending=[True, False]).to_csv(out / "duplicates.csv", index=False)
-    pair_table = pairs.assign(a=manifest["path"].to_numpy()[pairs["a"]], b=manifest["path"].to_numpy()[pairs["b"]])
+    ids = manifest["file_id"].to_numpy()
+    pair_table = pairs.assign(a=manifest["path"].to_numpy()[pairs["a"]], b=manifest["path"].to_numpy()[pairs["b"]],
+                              a_id=ids[pairs["a"]], b_id=ids[pairs["b"]])
     pair_table.to_csv(out / "duplicate_pairs.csv", index=False)
-    photo_columns = ["path", "photo_score", "is_photo", "frame_score", "patch_logit"]
+    photo_columns = ["path", "file_id", "photo_score", "is_photo", "frame_score", "patch_logit"]
     manifest[photo_columns].to_csv(out / "photos.csv", index=False, float_format="%.4f")
     problem_rows = manifest.loc[manifest["cache_row"] < 0, ["path", "reason"]]
-    blank = manifest[manifest["blank"].astype(bool)][["path"]].assign(reason="blank: almost no ink (< 0.2 % dark)")
+    blank = manifest[manifest["is_blank"].astype(bool)][["path"]].assign(reason="blank: almost no ink (< 0.2 % dark)")
     pd.concat([problem_rows, blank]).to_csv(out / "problems.csv", index=False)
     save_manifest(manifest[manifest["clean"]], out / "clean.csv")
 
@@ -168,7 +139,8 @@ def _summary(manifest: pd.DataFrame, classes: list[str], pairs: pd.DataFrame, ti
         "imbalance_plan": plan, "class_mass_per_epoch": {k: round(float(v), 1) for k, v in seen.items()},
         "imbalance_as_trained": round(float(seen.max() / max(seen[seen > 0].min(), 1e-9)), 2),
         "files": len(manifest), "usable": int((manifest["cache_row"] >= 0).sum()),
-        "blank": int(manifest["blank"].sum()),
+        "blank": int(manifest["is_blank"].sum()),
+        "flagged": {check.name: int(manifest[f"is_{check.name}"].sum()) for check in CHECKS},
         "duplicate_groups": int(manifest.loc[manifest["dup_group"] >= 0, "dup_group"].nunique()),
         "duplicate_copies_dropped": int((~manifest["dup_keep"].astype(bool)).sum()),
         "label_conflict_groups": int(manifest.loc[manifest["dup_label_conflict"].astype(bool), "dup_group"].nunique()),

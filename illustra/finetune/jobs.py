@@ -56,7 +56,7 @@ def training_table(curation: str | Path, split_seed: int = 0, duplicates: str = 
         return table
     manifest = load_manifest(Path(curation) / "manifest.csv").reset_index(drop=True)
     held_out = set(table.loc[(table["split"] != "train") & (table["dup_group"] >= 0), "dup_group"])
-    usable = manifest[(manifest["cache_row"] >= 0) & ~manifest["blank"].astype(bool) & ~manifest["clean"].astype(bool)
+    usable = manifest[(manifest["cache_row"] >= 0) & ~manifest["is_blank"].astype(bool) & ~manifest["clean"].astype(bool)
                       & ~manifest["dup_group"].isin(held_out)]
     is_photo = usable["is_photo"].astype(bool)
     extra = []

@@ -48,9 +48,11 @@ def file_digest(path: str | Path) -> str:
 
 
 def _fingerprint(manifest: pd.DataFrame, encoder_path: Path) -> dict:
-    """What the embeddings depend on: the encoder file and every row's pixels."""
-    pixels = hashlib.blake2b("\n".join(manifest["pixel_hash"].astype(str)).encode(), digest_size=16).hexdigest()
-    return {"encoder": file_digest(encoder_path), "rows": len(manifest), "pixels": pixels}
+    """What the embeddings depend on: the encoder file and every row's id and pixels, in order."""
+    ids = manifest["file_id"] if "file_id" in manifest else manifest.index.astype(str)
+    rows = "\n".join(f"{i}:{p}" for i, p in zip(ids.astype(str), manifest["pixel_hash"].astype(str)))
+    return {"encoder": file_digest(encoder_path), "rows": len(manifest),
+            "pixels": hashlib.blake2b(rows.encode(), digest_size=16).hexdigest()}
 
 
 def embed_manifest(manifest: pd.DataFrame, pixels: np.ndarray, encoder_path: str | Path, out_dir: str | Path,
@@ -74,6 +76,6 @@ def embed_manifest(manifest: pd.DataFrame, pixels: np.ndarray, encoder_path: str
         np.save(handle, features)
     os.replace(array_path.with_suffix(".npy.tmp"), array_path)
     info = {"fingerprint": fingerprint, "encoder_path": str(encoder_path), "dim": encoder.feature_dim,
-            "note": "row i = manifest row i; zero rows for files that did not load"}
+            "note": "row i = manifest row i (ids and pixels checked by the fingerprint); zero rows: did not load"}
     info_path.write_text(json.dumps(info, indent=2), encoding="utf-8")
     return features, False
