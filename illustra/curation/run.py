@@ -136,8 +136,6 @@ def _summary(manifest: pd.DataFrame, classes: list[str], pairs: pd.DataFrame, ti
     after = class_counts(clean, classes)
     seen = epoch_class_mass(after, plan)
     return {
-        "imbalance_plan": plan, "class_mass_per_epoch": {k: round(float(v), 1) for k, v in seen.items()},
-        "imbalance_as_trained": round(float(seen.max() / max(seen[seen > 0].min(), 1e-9)), 2),
         "files": len(manifest), "usable": int((manifest["cache_row"] >= 0).sum()),
         "blank": int(manifest["is_blank"].sum()),
         "flagged": {check.name: int(manifest[f"is_{check.name}"].sum()) for check in CHECKS},
@@ -150,5 +148,7 @@ def _summary(manifest: pd.DataFrame, classes: list[str], pairs: pd.DataFrame, ti
         "class_counts_before": before.to_dict(), "class_counts_after": after.to_dict(),
         "imbalance_before": round(float(before.max() / max(before[before > 0].min(), 1)), 2),
         "imbalance_after": round(float(after.max() / max(after[after > 0].min(), 1)), 2),
+        "imbalance_plan": plan, "imbalance_as_trained": round(float(seen.max() / max(seen[seen > 0].min(), 1e-9)), 2),
+        "class_mass_per_epoch": {k: round(float(v), 1) for k, v in seen.items()},
         "seconds": {k: round(v, 1) for k, v in {**timings, "total": time.perf_counter() - started}.items()},
     }

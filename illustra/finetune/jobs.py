@@ -16,7 +16,7 @@ from illustra.data.imageio import load_image
 from illustra.data.index import read_classes
 from illustra.data.manifest import load_manifest, save_manifest
 from illustra.data.scan import scan_dataset
-from illustra.data.workspace import WorkspaceError, remap_to_index
+from illustra.data.workspace import WorkspaceError, read_index_info, remap_to_index
 from illustra.finetune.model import load_classifier, predict_proba, prepare
 from illustra.finetune.split import leaking_groups, split_manifest
 from illustra.finetune.train import CLASSIFIER, FinetuneConfig, finetune
@@ -148,7 +148,9 @@ def finetune_folder(curation: str | Path, out: str | Path, work: str | Path | No
     summary = finetune(train_x, train_y, val_x, val_y, classes, out, config, preprocessing_of(spec, input_size),
                        encoder, resume=resume, progress=progress, max_steps=max_steps)
     summary["split_sizes"] = {k: len(v) for k, v in parts.items()}
-    summary["index"] = {"work": str(work), "stale": remapped.stale, "kept": remapped.kept, "missing": remapped.missing,
+    summary["index"] = {"work": str(work), "fingerprint": read_index_info(work).get("fingerprint", ""),
+                        "curation_fingerprint": made_from.get("fingerprint", ""), "stale": remapped.stale,
+                        "kept": remapped.kept, "missing": remapped.missing,
                         "changed": remapped.changed, "unreadable": remapped.unreadable}
     if rank != 0:
         return summary
