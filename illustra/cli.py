@@ -57,7 +57,7 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
     if args.time_budget:
         raw["time_budget_s"] = parse_duration(args.time_budget)
     config = PretrainConfig.from_dict(raw)
-    summary = pretrain_folder(args.data, args.out, _work(args), config, _data_cache_spec(), resume=args.resume)
+    summary = pretrain_folder(args.data, args.out, _work(args), config, _data_cache_spec(_work(args)), resume=args.resume)
     if _rank() != 0:
         return 0  # under torchrun rank 0 reports
     last = summary["history"][-1] if summary["history"] else {}
@@ -73,7 +73,7 @@ def _cmd_embed(args: argparse.Namespace) -> int:
     """Embeddings for every manifest row of a data folder."""
     from illustra.ssl.jobs import embed_folder
 
-    manifest, reused = embed_folder(args.data, args.encoder, args.out, _work(args), _data_cache_spec())
+    manifest, reused = embed_folder(args.data, args.encoder, args.out, _work(args), _data_cache_spec(_work(args)))
     state = "reused (encoder and pixels unchanged)" if reused else "computed"
     count = int((manifest["embedding_row"] >= 0).sum())
     print(f"embeddings for {count} images {state}: {Path(args.out)}/embeddings.npy")
@@ -87,7 +87,7 @@ def _cmd_curate(args: argparse.Namespace) -> int:
 
     settings = CurationSettings.from_dict(load_config(args.config, args.set, section="curation"))
     jobs = tuple(args.only) if args.only else JOBS
-    summary = curate(args.data, args.out, _work(args), args.encoder, settings, _data_cache_spec(), jobs)
+    summary = curate(args.data, args.out, _work(args), args.encoder, settings, _data_cache_spec(_work(args)), jobs)
     print(f"files {summary['files']}, usable {summary['usable']}, blank {summary['blank']}; duplicate groups "
           f"{summary['duplicate_groups']} ({summary['duplicate_copies_dropped']} copies dropped, "
           f"{summary['label_conflict_groups']} with label conflicts); photos {summary['photos']}; "
@@ -112,7 +112,8 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     if args.from_scratch:
         raw["mode"] = "scratch"
     config = FinetuneConfig.from_dict(raw)
-    summary = finetune_folder(args.curation, args.out, args.work, config, args.encoder, _data_cache_spec(),
+    summary = finetune_folder(args.curation, args.out, args.work, config, args.encoder,
+                              _data_cache_spec(args.work or _curation_work(args.curation)),
                               resume=args.resume, final_on_all=args.all)
     if _rank() != 0:
         return 0
@@ -185,7 +186,7 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
     from illustra.finetune.jobs import curation_index
 
     work = args.work or curation_index(args.curation).get("work") or "work/index"
-    summary = run_plan(plan, args.out, args.curation, work, _data_cache_spec(), progress=not args.no_progress,
+    summary = run_plan(plan, args.out, args.curation, work, _data_cache_spec(work), progress=not args.no_progress,
                        only=args.only)
     analysis = json.loads((Path(args.out) / "analysis.json").read_text(encoding="utf-8"))
     print("\n".join(analysis["text"]))
@@ -208,12 +209,26 @@ def _rank() -> int:
     return distributed()[0]
 
 
-def _data_cache_spec():
-    """The pixel cache the stage reads (from configs/data.yaml)."""
+def _data_cache_spec(work: str | None = None):
+    """The pixel cache the stage reads: the one WORK was indexed with (`scan --set cache.size=...` is kept),
+    else configs/data.yaml's."""
     from illustra.config import load_config
     from illustra.data.cache import CacheSpec
+    from illustra.data.index import recorded_settings
 
-    return CacheSpec(**load_config("data.yaml")["cache"])
+    recorded = recorded_settings(work) if work else None
+    return recorded.cache if recorded is not None else CacheSpec(**load_config("data.yaml")["cache"])
+
+
+def _curation_work(curation: str) -> str | None:
+    """The work folder a curation was made from (None when it does not say)."""
+    from illustra.data.workspace import WorkspaceError
+    from illustra.finetune.jobs import curation_index
+
+    try:
+        return curation_index(curation).get("work")
+    except WorkspaceError:  # no curation.json: finetune itself says so in one sentence
+        return None
 
 
 def _cmd_bench_build(args: argparse.Namespace) -> int:

@@ -113,3 +113,18 @@ def test_cli_finetune_finds_the_curations_index_and_stops_cleanly_when_everythin
     assert main(args) == 2
     err = capsys.readouterr().err
     assert "re-run `illustra curate`" in err and "Traceback" not in err
+
+
+def test_later_stages_keep_what_scan_set(fixture_bench, tmp_path):
+    """`scan --set cache.size=48 --set max_pixels=...` is not undone by the next stage (no re-decode)."""
+    import json
+
+    data, work = fixture_bench / "training", tmp_path / "work"
+    encoder = tiny_encoder(tmp_path / "encoder.safetensors")
+    assert main(["scan", str(data), "--out", str(work), "--set", "cache.size=48", "--set", "max_pixels=50000000"]) == 0
+    assert main(["curate", str(data), "--out", str(tmp_path / "cur"), "--encoder", str(encoder), "--work", str(work),
+                 "--only", "duplicates"]) == 0
+    info = json.loads((work / "index.json").read_text())
+    assert info["settings"] == {"size": 48, "policy": "letterbox", "max_pixels": 50000000}
+    assert info["decoded"] == 0  # curate re-used the scan's decode
+    assert not (work / "pixels_64_letterbox.npy").exists()

@@ -206,6 +206,18 @@ def _write_info(
     atomic_write_text(work_dir / INDEX_INFO_FILE, json.dumps(info, indent=2, ensure_ascii=False))
 
 
+def recorded_settings(work_dir: str | Path) -> IndexSettings | None:
+    """The settings the work folder was last indexed with (so later stages keep what `scan --set` chose)."""
+    path = Path(work_dir) / INDEX_INFO_FILE
+    if not path.exists():
+        return None
+    try:
+        recorded = json.loads(path.read_text(encoding="utf-8"))["settings"]
+        return IndexSettings(CacheSpec(int(recorded["size"]), recorded["policy"]), int(recorded["max_pixels"]))
+    except (KeyError, ValueError, TypeError):
+        return None
+
+
 def read_classes(work_dir: str | Path) -> list[str]:
     """Class folder names, in model order, recorded by the last index run."""
     info = json.loads((Path(work_dir) / INDEX_INFO_FILE).read_text(encoding="utf-8"))

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from illustra.data.cache import CacheSpec, open_pixels
-from illustra.data.index import IndexSettings, index_dataset
+from illustra.data.index import IndexSettings, index_dataset, recorded_settings
 from illustra.data.manifest import load_manifest, save_manifest
 from illustra.ssl.augment import MEAN, STD
 from illustra.ssl.embed import embed_manifest
@@ -35,8 +35,10 @@ def preprocessing_of(spec: CacheSpec, input_size: int) -> dict:
 
 
 def indexed(data: str | Path, work: str | Path, spec: CacheSpec) -> tuple[pd.DataFrame, np.ndarray]:
-    """The manifest and cache of a data folder (decoding only what is new)."""
-    result = index_dataset(data, work, IndexSettings(spec))
+    """The manifest and cache of a data folder (decoding only what is new; the decode guard `scan` used is kept)."""
+    recorded = recorded_settings(work)
+    max_pixels = recorded.max_pixels if recorded is not None else IndexSettings().max_pixels
+    result = index_dataset(data, work, IndexSettings(spec, max_pixels))
     return result.manifest, open_pixels(work, spec)
 
 
