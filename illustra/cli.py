@@ -60,7 +60,7 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
     summary = pretrain_folder(args.data, args.out, _work(args), config, _data_cache_spec(_work(args)), resume=args.resume)
     if _rank() != 0:
         return 0  # under torchrun rank 0 reports
-    last = summary["history"][-1] if summary["history"] else {}
+    last = {k: round(v, 4) if isinstance(v, float) else v for k, v in (summary["history"] or [{}])[-1].items()}
     print(f"profile {config.profile}, device {summary['device']}: "
           f"pretrained {summary['epochs']} epochs in {summary['wall_seconds']} s "
           f"({summary['view_images_per_second']} view-images/s); last: {last}")
@@ -117,7 +117,7 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
                               resume=args.resume, final_on_all=args.all)
     if _rank() != 0:
         return 0
-    last = summary["history"][-1] if summary["history"] else {}
+    last = {k: round(v, 4) if isinstance(v, float) else v for k, v in (summary["history"] or [{}])[-1].items()}
     print(f"profile {config.profile}, device {summary['device']}, mode {config.mode}: "
           f"{summary['epochs']} epochs in {summary['seconds']} s; last epoch {last}")
     if "test_macro_f1" in summary:
