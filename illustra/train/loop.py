@@ -147,9 +147,10 @@ class Trainer:
                 for key, value in record.items():
                     if key != "epoch" and isinstance(value, (int, float)):
                         writer.add_scalar(f"{settings.label}/epoch_{key}", value, state.epoch)
+            # Trick: the time budget shortens the cosine horizon (before the checkpoint, so a resume sees it too)
+            state.horizon_epochs = budgeted_horizon(settings.epochs, state.epoch, state.seconds, settings.time_budget_s)
             if self.is_main and self.run_dir is not None:
                 self._save(model, optimizer, checkpoint_meta or {})
-            state.horizon_epochs = budgeted_horizon(settings.epochs, state.epoch, state.seconds, settings.time_budget_s)
             if self.stopped_early or (max_steps is not None and state.step >= max_steps):
                 break
         return self.evaluation_model(model)
