@@ -5,7 +5,7 @@ Same code as `illustra evaluate`; run from the repository root, relative paths w
 
 import sys
 
-from illustra.cli import main
+from illustra.cli import evaluate_main
 
 if __name__ == "__main__":
-    sys.exit(main(["evaluate", *sys.argv[1:]]))
+    sys.exit(evaluate_main(sys.argv[1:]))

@@ -145,6 +145,11 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         print(f"skipped {item['path']}: {item['reason']}", file=sys.stderr)
     print(result["report"])
     print(f"macro F1: {result['macro_f1']:.4f}")
+    present, folder = len(result["labels"]), len(result["folder_classes"])
+    if present != folder or folder != len(result["classes"]):
+        print(f"  (macro F1 averages the {present} classes present in the folder or predicted; the folder holds "
+              f"{folder} of the model's {len(result['classes'])} classes; over those {folder} alone: "
+              f"{result['macro_f1_folder_classes']:.4f})")
     print(f"micro F1: {result['micro_f1']:.4f}")
     print(f"weighted F1: {result['weighted_f1']:.4f}")
     print(f"images: {result['images']}, evaluated: {result['evaluated']}, unreadable: {len(result['unreadable'])}, "
@@ -331,10 +336,26 @@ def _cmd_pipeline(args: argparse.Namespace) -> int:
     return 0
 
 
+def evaluate_main(argv: list[str] | None = None) -> int:
+    """`python evaluate.py`: the submission contract, with its own name in --help."""
+    from illustra.errors import UserError
+
+    parser = argparse.ArgumentParser(prog="python evaluate.py", description="Classification report, macro / micro F1 "
+                                     "of a classifier weights file on a folder of class sub-folders.")
+    add_evaluate_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return _cmd_evaluate(args)
+    except UserError as exc:
+        print(f"evaluate: {exc}", file=sys.stderr)
+        return 2
+
+
 def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     """The submission contract's arguments (shared by `illustra evaluate` and evaluate.py)."""
     parser.add_argument("--data", required=True, help="folder of class sub-folders named as in training")
-    parser.add_argument("--weights", default="checkpoints/classifier.safetensors", help="classifier weights file")
+    parser.add_argument("--weights", default="checkpoints/classifier.safetensors",
+                        help="classifier weights file (default: %(default)s)")
     parser.add_argument("--json", metavar="OUT", help="also write the numbers as JSON")
     parser.add_argument("--confusion", metavar="PNG", help="also save the confusion matrix")
 
@@ -481,11 +502,11 @@ def main(argv: list[str] | None = None) -> int:
         except (DeviceError, ValueError) as exc:
             print(f"illustra {args.command}: {exc}", file=sys.stderr)
             return 2
-    from illustra.data.workspace import WorkspaceError
+    from illustra.errors import UserError
 
     try:
         return int(args.run(args) or 0)
-    except WorkspaceError as exc:  # an artefact that does not belong to this index: one sentence, no traceback
+    except UserError as exc:  # bad input or a stale artefact: one sentence, no traceback
         print(f"illustra {args.command}: {exc}", file=sys.stderr)
         return 2
 

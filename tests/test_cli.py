@@ -51,3 +51,45 @@ def test_end_to_end_pretrain_curate_finetune_evaluate(fixture_bench, tmp_path, c
     assert main(["evaluate", "--data", data, "--weights", str(tmp_path / "ft" / "classifier.safetensors")]) == 0
     out = capsys.readouterr().out
     assert "precision" in out and "macro F1:" in out and "micro F1:" in out
+
+
+def test_user_errors_are_one_sentence_and_exit_2(fixture_bench, tmp_path, capsys):
+    """Wrong weights, empty or mis-laid folders: a sentence that says what to do, never a traceback."""
+    from test_curation import tiny_encoder
+
+    from illustra.cli import evaluate_main
+
+    encoder = tiny_encoder(tmp_path / "encoder.safetensors")
+    data = fixture_bench / "training"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (tmp_path / "not_weights.safetensors").write_text("hello")
+    assert evaluate_main(["--data", str(data), "--weights", str(encoder)]) == 2
+    assert "not an illustra classifier" in capsys.readouterr().err
+    assert evaluate_main(["--data", str(data), "--weights", str(tmp_path / "not_weights.safetensors")]) == 2
+    assert "not a readable safetensors" in capsys.readouterr().err
+    assert main(["curate", str(empty), "--out", str(tmp_path / "cur"), "--encoder", str(encoder),
+                 "--work", str(tmp_path / "w")]) == 2
+    err = capsys.readouterr().err
+    assert "no readable image" in err and "Traceback" not in err
+
+
+def test_evaluate_on_a_folder_with_some_classes_says_what_the_macro_average_is_over(tmp_path, capsys):
+    from PIL import Image
+
+    from illustra.cli import evaluate_main
+    from illustra.finetune.model import Classifier, save_classifier
+    from illustra.ssl.encoder import Encoder, EncoderConfig
+
+    classes = ["L2_2", "L2_3", "L2_5", "L2_7"]
+    model = Classifier(Encoder(EncoderConfig(width=8, stages=2, input_size=16)), len(classes))
+    path = save_classifier(tmp_path / "c.safetensors", model, classes, model.encoder.config.to_dict(),
+                           {"cache_size": 32, "cache_policy": "letterbox", "input_size": 16,
+                            "mean": [0.5] * 3, "std": [0.25] * 3}, {})
+    folder = tmp_path / "eval" / "L2_3"
+    folder.mkdir(parents=True)
+    for i in range(3):
+        Image.new("RGB", (20, 20), (i * 60, 10, 10)).save(folder / f"{i}.png")
+    assert evaluate_main(["--data", str(tmp_path / "eval"), "--weights", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "macro F1:" in out and "the folder holds 1 of the model's 4 classes" in out

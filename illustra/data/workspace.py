@@ -18,10 +18,12 @@ from pathlib import Path
 
 import pandas as pd
 
+from illustra.errors import UserError
+
 INDEX_INFO_FILE = "index.json"
 
 
-class WorkspaceError(RuntimeError):
+class WorkspaceError(UserError, RuntimeError):
     """An artefact that does not belong to the index it is read with (one sentence for the user)."""
 
 

@@ -17,6 +17,7 @@ from illustra.data.index import read_classes
 from illustra.data.manifest import load_manifest, save_manifest
 from illustra.data.scan import scan_dataset
 from illustra.data.workspace import WorkspaceError, read_index_info, remap_to_index
+from illustra.errors import UserError
 from illustra.finetune.model import load_classifier, predict_proba, prepare
 from illustra.finetune.split import leaking_groups, split_manifest
 from illustra.finetune.train import CLASSIFIER, FinetuneConfig, finetune
@@ -208,7 +209,13 @@ def evaluate_folder(data: str | Path, weights: str | Path) -> dict:
     model, meta = load_classifier(weights, pick_device())
     classes = list(meta["classes"])
     paths, labels, skipped = collect_folder(data, classes)
+    if not paths:
+        raise UserError(f"no image under the class folders of {data} ({len(skipped)} files outside them): expected "
+                        f"{data}/<class folder>/<image files>, with class folders named as in training "
+                        f"({', '.join(classes[:3])}, ...)")
     probabilities, readable, bad = predict_files(model, meta, Path(data), paths)
+    if not readable:
+        raise UserError(f"none of the {len(paths)} files under {data} could be read as an image")
     y_true = np.asarray(labels)[readable]
     y_pred = probabilities.argmax(1) if len(readable) else np.zeros(0, int)
     present = sorted(set(y_true.tolist()) | set(y_pred.tolist()))
@@ -223,6 +230,9 @@ def evaluate_folder(data: str | Path, weights: str | Path) -> dict:
         "micro_f1": float(f1_score(y_true, y_pred, average="micro")) if len(y_true) else 0.0,
         "weighted_f1": float(f1_score(y_true, y_pred, average="weighted", zero_division=0)) if len(y_true) else 0.0,
         "per_class": {name: float(v) for name, v in zip(names, per_class)},
+        "folder_classes": sorted(set(y_true.tolist())),
+        "macro_f1_folder_classes": float(f1_score(y_true, y_pred, average="macro", labels=sorted(set(y_true.tolist())),
+                                                  zero_division=0)),
         "images": len(paths), "evaluated": int(len(y_true)),
         "unreadable": [{"path": p, "reason": r} for p, r in bad],
         "skipped": [{"path": p, "reason": r} for p, r in skipped],

@@ -37,9 +37,18 @@ def save_classifier(path: str | Path, model: Classifier, classes: list[str], arc
 
 def load_classifier(path: str | Path, device: str | torch.device = "cpu") -> tuple[Classifier, dict]:
     """Rebuild a classifier from its weights file alone (no pickle); eval mode."""
-    tensors, meta = load_weights(path, device)
+    from safetensors import SafetensorError
+
+    from illustra.errors import UserError
+
+    try:
+        tensors, meta = load_weights(path, device)
+    except (SafetensorError, ValueError, OSError) as exc:
+        raise UserError(f"{path} is not a readable safetensors weights file ({exc})") from exc
     if meta.get("illustra_kind") != "classifier" or "classes" not in meta:
-        raise ValueError(f"{path} is not an illustra classifier (metadata illustra_kind={meta.get('illustra_kind')!r})")
+        kind = meta.get("illustra_kind")
+        hint = " (that is the SSL encoder; a classifier comes from `illustra finetune`)" if kind == "encoder" else ""
+        raise UserError(f"{path} is not an illustra classifier: its metadata says illustra_kind={kind!r}{hint}")
     model = Classifier(Encoder(EncoderConfig(**meta["architecture"])), len(meta["classes"])).to(device)
     model.encoder.load_state_dict(with_prefix(tensors, "encoder"))
     model.head.load_state_dict(with_prefix(tensors, "head"))

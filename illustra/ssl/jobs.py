@@ -11,6 +11,7 @@ import pandas as pd
 from illustra.data.cache import CacheSpec, open_pixels
 from illustra.data.index import IndexSettings, index_dataset, recorded_settings
 from illustra.data.manifest import load_manifest, save_manifest
+from illustra.errors import UserError
 from illustra.ssl.augment import MEAN, STD
 from illustra.ssl.embed import embed_manifest
 from illustra.ssl.pretrain import PretrainConfig, pretrain
@@ -39,6 +40,9 @@ def indexed(data: str | Path, work: str | Path, spec: CacheSpec) -> tuple[pd.Dat
     recorded = recorded_settings(work)
     max_pixels = recorded.max_pixels if recorded is not None else IndexSettings().max_pixels
     result = index_dataset(data, work, IndexSettings(spec, max_pixels))
+    if not (result.manifest["cache_row"] >= 0).any():
+        raise UserError(f"no readable image under the class folders of {data} ({len(result.manifest)} files listed, "
+                        f"{len(result.classes)} class folders): expected {data}/<class folder>/<image files>")
     return result.manifest, open_pixels(work, spec)
 
 

@@ -8,11 +8,13 @@ from contextlib import nullcontext
 import torch
 import torch.distributed as dist
 
+from illustra.errors import UserError
+
 DEVICE_ENV = "ILLUSTRA_DEVICE"
 DEVICES = ("auto", "cpu", "cuda")
 
 
-class DeviceError(ValueError):
+class DeviceError(UserError, ValueError):
     """A device was asked for that this machine does not have (one sentence for the user)."""
 
 
