@@ -478,7 +478,7 @@ def build_parser() -> argparse.ArgumentParser:
     pipeline.add_argument("--ssl-budget", help="time budget of SSL pretraining with --retrain (default: the profile's, "
                           "25m on cpu, 4m on gpu)")
     pipeline.add_argument("--finetune-budget", help="time budget of fine-tuning with --retrain (default: the profile's, "
-                          "10m on cpu, 3m on gpu)")
+                          "20m on cpu, 3m on gpu)")
     pipeline.set_defaults(run=_cmd_pipeline)
     return parser
 

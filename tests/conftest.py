@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import sys
 from pathlib import Path
 
@@ -28,3 +29,10 @@ def corpus(tmp_path) -> tuple[Path, dict[str, tuple[str, str]]]:
     root = tmp_path / "data"
     expected = write_corpus(root)
     return root, expected
+
+
+def free_port() -> int:
+    """A free TCP port on the loopback interface (for torchrun's rendezvous in the DDP tests)."""
+    with socket.socket() as handle:
+        handle.bind(("127.0.0.1", 0))
+        return handle.getsockname()[1]

@@ -108,3 +108,17 @@ def test_tiny_plan_runs_resumes_and_reports(curated, tmp_path, monkeypatch):
     monkeypatch.setattr(runner, "finetune_folder", must_not_train)
     again = runner.run_plan(plan, out, tmp / "cur", tmp / "work", progress=False, log=lambda *_: None)
     assert again["test_macro_f1"].tolist() == summary["test_macro_f1"].tolist()
+
+
+@pytest.mark.parametrize("profile", ["cpu", "gpu"])
+def test_every_run_is_what_its_level_says_under_each_profile(profile, monkeypatch):
+    """The device profile is the plan's base; a level's name must still describe the run (e.g. imbalance)."""
+    monkeypatch.setenv("ILLUSTRA_PROFILE", profile)
+    plan = load_plan("experiments.yaml")
+    for run in expand_runs(plan):
+        config, _, _ = runner.resolve_config(plan, run)
+        if run.factor == "imbalance":
+            assert config.imbalance == run.level, run.name
+        assert config.time_budget_s == 0, run.name
+        if run.factor != "epochs":
+            assert config.epochs == plan.defaults["epochs"], run.name

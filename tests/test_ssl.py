@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import free_port
 
 from illustra.data.cache import CacheSpec, open_pixels
 from illustra.data.index import IndexSettings, index_dataset
@@ -125,16 +125,10 @@ def test_parse_duration():
     assert parse_duration("20m") == 1200 and parse_duration("1.5h") == 5400 and parse_duration("90") == 90
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_ddp_two_processes_on_cpu_with_gloo(fixture_bench, tmp_path):
     repo = Path(__file__).resolve().parent.parent
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
                "-m", "illustra.cli", "pretrain", "--data", str(fixture_bench / "training"),
                "--out", str(tmp_path / "run"), "--work", str(tmp_path / "work"),
                "--set", "epochs=2", "--set", "batch_size=8", "--set", "knn_every=0", "--set", "threads=1",

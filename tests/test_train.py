@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ast
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import free_port
 from torch import nn
 
 from illustra.config import load_config
@@ -224,17 +224,11 @@ def test_profile_is_picked_from_the_device_and_overlays_the_config(monkeypatch):
         resolve_profile("tpu")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_finetune_under_torchrun_two_processes_gloo(curated, tmp_path):
     """DDP fine-tuning on CPU: two ranks share each batch; rank 0 writes a classifier with the profile in it."""
     tmp, encoder = curated
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
                "-m", "illustra.cli", "finetune", "--curation", str(tmp / "cur"), "--out", str(tmp_path / "run"),
                "--work", str(tmp / "work"), "--encoder", str(encoder), "--profile", "cpu",
                "--set", "epochs=2", "--set", "batch_size=8", "--set", "threads=1"]
