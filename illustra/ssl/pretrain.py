@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from illustra.config import build, yaml_defaults
+from illustra.errors import UserError
 from illustra.ssl.augment import ViewConfig, make_view, to_float
 from illustra.ssl.encoder import Encoder, EncoderConfig, load_encoder
 from illustra.ssl.knn import knn_monitor
@@ -143,7 +144,8 @@ def pretrain(
     _, world = distributed()
     steps_per_epoch = len(data) // (config.batch_size * world)
     if steps_per_epoch < 1:
-        raise ValueError(f"{len(data)} images are fewer than one global batch of {config.batch_size * world}")
+        raise UserError(f"{len(data)} images are fewer than one global batch of {config.batch_size * world}: "
+                        "use a smaller --set batch_size=...")
     settings = LoopSettings(epochs=config.epochs, steps_per_epoch=steps_per_epoch, seed=config.seed,
                             warmup_epochs=config.warmup_epochs, time_budget_s=config.time_budget_s, label="ssl",
                             cpu_channels_last=config.channels_last_cpu, print_epochs=True)
