@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import multiprocessing
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -31,6 +30,7 @@ from sklearn.preprocessing import RobustScaler
 from illustra.config import build, yaml_defaults
 from illustra.curation.texture import fit_texture_net, foreground_patches, image_means, patch_logits
 from illustra.data.imageio import load_image
+from illustra.data.index import ordered_map
 
 STAT_COLUMNS = ("foreground_share", "flat_share", "soft_edge_share", "sharp_edge_share", "colour_log_count",
                 "texture_share")
@@ -194,12 +194,7 @@ def photo_evidence(data: str | Path, manifest: pd.DataFrame, settings: PhotoSett
     chunks = [(str(data), rows[start:start + 32], settings) for start in range(0, len(rows), 32)]
     workers = workers or os.cpu_count() or 1
     stats, patches, owners = [None] * len(rows), [], []
-    if workers > 1 and len(chunks) > 2:
-        context = multiprocessing.get_context("fork" if os.name == "posix" else "spawn")
-        with context.Pool(workers) as pool:
-            results = list(_progress(pool.imap(_evidence_chunk, chunks), progress))
-    else:
-        results = list(_progress(map(_evidence_chunk, chunks), progress))
+    results = list(_progress(ordered_map(_evidence_chunk, chunks, workers, min_tasks=3, chunksize=1), progress))
     for chunk in results:
         for position, values, taken in chunk:
             stats[position] = values

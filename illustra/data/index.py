@@ -118,14 +118,15 @@ def _previous(work_dir: Path, settings: IndexSettings) -> tuple[dict[str, dict],
     return {row["path"]: row for row in old.to_dict("records")}, pixels
 
 
-def _pool_map(tasks: list, workers: int) -> Iterator[tuple[dict, np.ndarray | None]]:
-    """Decode tasks in order, in worker processes when there is enough work to pay for them."""
-    if workers <= 1 or len(tasks) < 64:
-        yield from map(decode_file, tasks)
+def ordered_map(func, tasks: list, workers: int, min_tasks: int = 64, chunksize: int = 16) -> Iterator:
+    """func over tasks, results in order, in worker processes when there is enough work to pay for them
+    (the one process pool of the decode passes: the index and the photo evidence)."""
+    if workers <= 1 or len(tasks) < min_tasks:
+        yield from map(func, tasks)
         return
     context = multiprocessing.get_context("fork" if os.name == "posix" else "spawn")
     with context.Pool(workers) as pool:
-        yield from pool.imap(decode_file, tasks, chunksize=16)
+        yield from pool.imap(func, tasks, chunksize=chunksize)
 
 
 def index_dataset(
@@ -158,7 +159,7 @@ def index_dataset(
             tasks.append((index, (str(root), row, spec, settings.max_pixels)))
     started = time.perf_counter()
     workers = settings.workers or os.cpu_count() or 1
-    results = _pool_map([task for _, task in tasks], workers)
+    results = ordered_map(decode_file, [task for _, task in tasks], workers)
     bar = tqdm(results, total=len(tasks), desc="decode", unit="img", disable=not progress, leave=False)
     for (index, _), (row, square) in zip(tasks, bar):
         if square is not None:
