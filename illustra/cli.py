@@ -192,7 +192,7 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
 
     work = args.work or curation_index(args.curation).get("work") or "work/index"
     summary = run_plan(plan, args.out, args.curation, work, _data_cache_spec(work), progress=not args.no_progress,
-                       only=args.only)
+                       only=args.only, styles=args.styles)
     analysis = json.loads((Path(args.out) / "analysis.json").read_text(encoding="utf-8"))
     print("\n".join(analysis["text"]))
     print(f"{len(summary)} runs in {time.perf_counter() - started:.0f} s; "
@@ -467,6 +467,8 @@ def build_parser() -> argparse.ArgumentParser:
     experiment.add_argument("--variant", help="a named variant of the plan (its `variants:` section), e.g. hour")
     experiment.add_argument("--quick", action="store_true", help="the plan's quick variant (minutes); = --variant quick")
     experiment.add_argument("--only", action="append", help="only these runs or factors (repeatable)")
+    experiment.add_argument("--styles", help="truth CSV (path, style), e.g. BENCH/truth/sources.csv: turns on the "
+                            "plan's leave-one-style-out column (plan key `loso`)")
     experiment.add_argument("--no-progress", action="store_true")
     experiment.set_defaults(run=_cmd_experiment)
 

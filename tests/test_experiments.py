@@ -60,6 +60,9 @@ def test_shipped_plan_covers_the_required_factors():
     assert set(plan.factors["photos"]) == {"removed", "kept", "random-drop"}
     assert len(plan.seeds) >= 2 and {"pretraining", "mode", "photos"} <= set(plan.repeat)
     assert len(expand_runs(load_plan("experiments.yaml", "quick"))) <= 8
+    recipe = load_plan("experiments.yaml", "recipe")  # issue #16: the recipe and style factors, with a LOSO column
+    assert {"style", "tta", "probe", "mix", "encoder_lr", "label_smoothing", "ema", "pretraining"} <= set(recipe.factors)
+    assert {"pretraining", "style"} <= set(recipe.loso) and len(recipe.seeds) >= 2
 
 
 @pytest.fixture(scope="module")
@@ -122,3 +125,29 @@ def test_every_run_is_what_its_level_says_under_each_profile(profile, monkeypatc
         assert config.time_budget_s == 0, run.name
         if run.factor != "epochs":
             assert config.epochs == plan.defaults["epochs"], run.name
+
+
+def test_loso_column_trains_without_each_style_and_scores_on_it(curated, tmp_path):
+    """A plan's `loso` factors get the leave-one-style-out score: one run per style, tested on that style only."""
+    import pandas as pd
+
+    from illustra.finetune.jobs import split_table
+
+    tmp, encoder = curated
+    clean = split_table(tmp / "cur").sort_values("path").reset_index(drop=True)
+    styles = pd.DataFrame({"path": clean["path"], "style": ["flat", "outline"] * (len(clean) // 2) + ["flat"] * (len(clean) % 2)})
+    styles.to_csv(tmp_path / "styles.csv", index=False)
+    plan = load_plan(write_plan(tmp_path / "plan.yaml", {**PLAN, "loso": ["photos"]}), "smaller")
+    plan.encoder_weights = str(encoder)
+    out = tmp_path / "exp"
+    summary = runner.run_plan(plan, out, tmp / "cur", tmp / "work", progress=False, log=lambda *_: None,
+                              styles=tmp_path / "styles.csv")
+    assert summary["loso_macro_f1"].between(0, 1).all() and {"loso_flat", "loso_outline"} <= set(summary.columns)
+    for style in ("flat", "outline"):
+        split = pd.read_csv(out / "runs" / "baseline-s0" / "loso" / style / "split.csv")
+        tested = set(split.loc[split["split"] == "test", "path"])
+        assert tested == set(styles.loc[styles["style"] == style, "path"])  # the whole style, and only it, is test
+        assert not tested & set(split.loc[split["split"] != "test", "path"])
+    analysis = json.loads((out / "analysis.json").read_text())
+    assert any("leave-one-style-out" in line for line in analysis["text"])
+    assert "LOSO macro-F1" in (out / "report.html").read_text()

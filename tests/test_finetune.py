@@ -83,3 +83,52 @@ def test_evaluate_maps_folders_by_name_and_rejects_unknown(tiny_run, tmp_path):
     shutil.copy(next((data / "L2_2").iterdir()), subset / "L2_99" / "x.jpg")
     with pytest.raises(UnknownClassError, match="L2_99"):
         evaluate_folder(subset, weights)
+
+
+def test_probe_epochs_leave_the_encoder_untouched_and_tta_travels_in_the_weights(tiny_run, tmp_path):
+    """LP-FT's probe phase trains the head only (batch-norm statistics too stay); the weights carry tta=flip."""
+    import torch
+
+    from illustra.ssl.encoder import load_encoder
+
+    _, tmp, _ = tiny_run
+    encoder = tmp / "encoder.safetensors"
+    config = FinetuneConfig(epochs=1, batch_size=16, ema_decay=0.0, probe_epochs=1, tta="flip", mix="cutmix",
+                            mix_prob=1.0)
+    finetune_folder(tmp / "cur", tmp_path / "probe", tmp / "work", config, encoder, progress=False)
+    model, meta = load_classifier(tmp_path / "probe" / "classifier.safetensors")
+    pretrained = load_encoder(encoder)[0].state_dict()
+    assert all(torch.equal(value, model.encoder.state_dict()[name]) for name, value in pretrained.items())
+    assert meta["preprocessing"]["tta"] == "flip"
+    unfrozen = FinetuneConfig(epochs=1, batch_size=16, ema_decay=0.0, probe_epochs=0)
+    finetune_folder(tmp / "cur", tmp_path / "full", tmp / "work", unfrozen, encoder, progress=False)
+    changed, _ = load_classifier(tmp_path / "full" / "classifier.safetensors")
+    assert not all(torch.equal(value, changed.encoder.state_dict()[name]) for name, value in pretrained.items())
+
+
+def test_flip_tta_is_the_mean_over_the_mirrored_image(tiny_run):
+    import torch
+
+    from illustra.finetune.model import predict_proba
+
+    _, tmp, _ = tiny_run
+    model, meta = load_classifier(tmp / "run" / "classifier.safetensors")
+    size = int(meta["preprocessing"]["input_size"])
+    squares = torch.randint(0, 256, (5, 32, 32, 3), dtype=torch.uint8)
+    plain, mirrored = predict_proba(model, squares, size), predict_proba(model, squares.flip(2), size)
+    assert np.allclose(predict_proba(model, squares, size, tta="flip"), (plain + mirrored) / 2, atol=1e-5)
+    with pytest.raises(ValueError):
+        predict_proba(model, squares, size, tta="rotate")
+
+
+@pytest.mark.parametrize("how", ["cutmix", "mixup"])
+def test_mixed_batch_weights_match_what_was_mixed(how):
+    import torch
+
+    from illustra.finetune.train import mix_batch
+
+    views = torch.arange(6, dtype=torch.float32).view(6, 1, 1, 1).expand(6, 3, 16, 16).contiguous()
+    mixed, (own, partner, weight) = mix_batch(views, torch.arange(6), how, torch.Generator().manual_seed(2))
+    assert torch.equal(own, torch.arange(6)) and sorted(partner.tolist()) == list(range(6))
+    expected = weight * own.float() + (1 - weight) * partner.float()  # each image's mean is its label mix
+    assert torch.allclose(mixed.mean(dim=(1, 2, 3)), expected, atol=1e-5)

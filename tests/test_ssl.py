@@ -16,7 +16,21 @@ from conftest import free_port
 from illustra.data.cache import CacheSpec, open_pixels
 from illustra.data.index import IndexSettings, index_dataset
 from illustra.data.manifest import load_manifest
-from illustra.ssl.augment import ViewConfig, crop_and_flip, make_view, random_blur, random_grayscale, to_float
+from illustra.ssl.augment import (
+    ViewConfig,
+    channel_shuffle,
+    colour_jitter,
+    crop_and_flip,
+    invert,
+    line_art,
+    make_view,
+    normalise,
+    outline,
+    random_blur,
+    random_conv,
+    random_grayscale,
+    to_float,
+)
 from illustra.ssl.encoder import Encoder, EncoderConfig
 from illustra.ssl.jobs import embed_folder, parse_duration
 from illustra.ssl.pretrain import PretrainConfig, SimCLR, export_encoder, load_encoder, make_optimizer, pretrain
@@ -62,6 +76,47 @@ def test_grayscale_and_blur():
     assert blurred.shape == images.shape and blurred.std() < images.std() * 0.7
     kept = random_blur(images, ViewConfig(blur=0.0), gen)
     assert torch.allclose(kept, images, atol=1e-4)
+
+
+def drawing(size: int = 32) -> torch.Tensor:
+    """A red disc with a 1 px black outline on white, (1, 3, S, S) in [0, 1]."""
+    y, x = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    radius = ((x - size / 2) ** 2 + (y - size / 2) ** 2).sqrt()
+    image = torch.ones(3, size, size)
+    image[1:, radius < size / 3] = 0.0  # red fill
+    image[:, (radius >= size / 3) & (radius < size / 3 + 1)] = 0.0  # black outline
+    return image.unsqueeze(0)
+
+
+def test_style_steps_change_style_and_keep_the_drawing():
+    image, gen = drawing(), torch.Generator().manual_seed(0)
+    lines = line_art(image, 1.0, gen)[0]
+    assert torch.allclose(lines[0], lines[1]) and torch.allclose(lines[1], lines[2])  # no colour left
+    assert lines[:, 0, 0].min() > 0.95 and lines[:, 16, 16].min() > 0.95  # flat background and fill turn white
+    assert lines[0, 16, 24:30].min() < 0.2  # the disc's edge is drawn dark
+    thick = outline(image, 1.0, gen)
+    assert (thick.amax(1) < 0.1).sum() > (image.amax(1) < 0.1).sum() * 1.5  # more black stroke pixels
+    shuffled = channel_shuffle(image.repeat(16, 1, 1, 1), 1.0, gen)
+    assert torch.equal(shuffled.sort(1).values, image.repeat(16, 1, 1, 1).sort(1).values)  # a permutation per pixel
+    assert not all(torch.equal(s, image[0]) for s in shuffled)  # and not always the identity
+    assert torch.allclose(invert(image, 1.0, gen), 1 - image)
+    mixed = random_conv(image.repeat(4, 1, 1, 1), 1.0, gen)
+    assert mixed.shape == (4, 3, 32, 32) and mixed.min() >= 0 and mixed.max() <= 1
+    assert not torch.allclose(mixed, image.repeat(4, 1, 1, 1), atol=0.05)
+    for step in (line_art, outline, channel_shuffle, invert, random_conv):
+        assert torch.equal(step(image, 0.0, gen), image), step.__name__  # probability 0: untouched
+
+
+def test_style_steps_that_are_off_draw_no_random_numbers():
+    """Adding the style steps leaves every earlier recipe's views (and the shipped runs) exactly as they were."""
+    images, config = torch.rand(4, 3, 32, 32), ViewConfig()
+    plain = make_view(images, 16, config, torch.Generator().manual_seed(3))
+    gen = torch.Generator().manual_seed(3)  # the view pipeline as it was before the style steps
+    before = normalise(random_grayscale(colour_jitter(crop_and_flip(images, 16, config, gen), config, gen),
+                                        config.grayscale, gen))
+    assert torch.equal(plain, before)
+    styled = make_view(images, 16, ViewConfig(line_art=1.0), torch.Generator().manual_seed(3))
+    assert not torch.equal(plain, styled)
 
 
 def test_loss_decreases_on_a_tiny_set(tiny_pixels, tmp_path):

@@ -51,6 +51,7 @@ class Plan:
     encoder_weights: str | None = None
     ssl_base: dict = field(default_factory=dict)
     source: str = ""
+    loso: list[str] = field(default_factory=list)  # factors whose runs (and the baseline) also get a LOSO score
 
 
 def _resolve(path: str | Path) -> Path:
@@ -79,7 +80,7 @@ def load_plan(path: str | Path, variant: str | None = None) -> Plan:
                 defaults=raw.get("defaults") or {}, factors=factors, seeds=list(raw.get("seeds") or [0]),
                 repeat=list(raw.get("repeat") or []), split_seed=int(raw.get("split_seed", 0)),
                 encoder_weights=raw.get("encoder_weights"),
-                ssl_base=ssl, source=str(path))
+                ssl_base=ssl, source=str(path), loso=list(raw.get("loso") or []))
 
 
 def expand_runs(plan: Plan) -> list[Run]:
@@ -93,6 +94,11 @@ def expand_runs(plan: Plan) -> list[Run]:
             for seed in seeds:
                 runs.append(Run(f"{factor}={level}-s{seed}", factor, level, seed, merge(base_overrides, overrides or {})))
     return runs
+
+
+def wants_loso(plan: Plan, run: Run) -> bool:
+    """Whether a run also gets the leave-one-style-out score: the baselines and the factors listed in `loso`."""
+    return bool(plan.loso) and (run.factor == "baseline" or run.factor in plan.loso or "all" in plan.loso)
 
 
 def baseline_levels(plan: Plan) -> dict[str, str]:

@@ -72,8 +72,9 @@ def analysis_body(analysis: dict) -> str:
     """The generated sentences plus the per-factor effects table."""
     items = "".join(f"<li>{html.escape(line)}</li>" for line in analysis["text"])
     rows = [{"factor": f["factor"], "level": e["level"], "test macro-F1": e["test"], "Δ test": e["delta_test"],
-             "val macro-F1": e["val"], "Δ val": e["delta_val"], "runs": e["runs"], "seed range": e["seed_range"],
-             "time ×": e["time_ratio"], "verdict": e["verdict"]} for f in analysis["factors"] for e in f["levels"]]
+             "val macro-F1": e["val"], "Δ val": e["delta_val"], "LOSO macro-F1": e["loso"], "Δ LOSO": e["delta_loso"],
+             "runs": e["runs"], "seed range": e["seed_range"], "time ×": e["time_ratio"], "verdict": e["verdict"],
+             "LOSO verdict": e["loso_verdict"]} for f in analysis["factors"] for e in f["levels"]]
     return f"<ul>{items}</ul>" + table_tag(pd.DataFrame(rows))
 
 
@@ -98,6 +99,7 @@ def write_report(path: str | Path, plan: Plan, summary: pd.DataFrame, results: l
     document = (f"<!doctype html><html><head><meta charset='utf-8'><title>illustra experiment: {html.escape(plan.name)}"
                 f"</title><style>{STYLE}</style></head><body><h1>Experiment plan “{html.escape(plan.name)}”</h1>"
                 f"<p class='cap'>{len(results)} runs, written {stamp}. Scores: macro-F1 over the 20 classes on the clean "
-                f"held-out test split (never used for choices); choices use validation F1.</p>{''.join(sections)}"
+                f"held-out test split (never used for choices); choices use validation F1, and leave-one-style-out (LOSO: "
+                f"trained without one drawing style, scored on it) where generalisation is the question.</p>{''.join(sections)}"
                 "</body></html>")
     atomic_write_text(Path(path), document)

@@ -13,7 +13,7 @@ import pandas as pd
 import yaml
 
 from illustra.data.cache import CacheSpec
-from illustra.experiments.plan import Plan, Run, expand_runs, merge, split_overrides
+from illustra.experiments.plan import Plan, Run, expand_runs, merge, split_overrides, wants_loso
 from illustra.finetune.jobs import finetune_folder, training_table
 from illustra.finetune.train import FinetuneConfig
 
@@ -47,14 +47,17 @@ def encoder_path(spec: object, out: Path, plan: Plan, work: Path, cache: CacheSp
 
 
 def execute_run(plan: Plan, run: Run, out: Path, curation: Path, work: Path, cache: CacheSpec,
-                progress: bool = True) -> dict:
-    """Train and score one run into OUT/runs/NAME; a finished run with the same key is read back, not redone."""
+                progress: bool = True, styles: pd.Series | None = None, log=print) -> dict:
+    """Train and score one run into OUT/runs/NAME; a finished run with the same key is read back, not redone.
+
+    With `styles` (path -> drawing style), runs the plan marks for it also get the leave-one-style-out
+    score (OUT/runs/NAME/loso/<style>/), added to a finished run's result without redoing it."""
     run_dir = out / "runs" / run.name
     done = run_dir / RESULT
     if done.exists():
         result = json.loads(done.read_text(encoding="utf-8"))
         if result.get("key") == run.key():
-            return result
+            return _with_loso(plan, run, result, run_dir, curation, work, cache, styles, log)
         shutil.rmtree(run_dir)  # the plan changed this run: start it again
     config, data, encoder_spec = resolve_config(plan, run)
     encoder = encoder_path(encoder_spec, out, plan, work, cache)
@@ -80,6 +83,24 @@ def execute_run(plan: Plan, run: Run, out: Path, curation: Path, work: Path, cac
         "history": history, "overrides": run.overrides,
     }
     done.write_text(json.dumps(result, indent=2), encoding="utf-8")
+    return _with_loso(plan, run, result, run_dir, curation, work, cache, styles, log)
+
+
+def _with_loso(plan: Plan, run: Run, result: dict, run_dir: Path, curation: Path, work: Path, cache: CacheSpec,
+               styles: pd.Series | None, log) -> dict:
+    """Add the LOSO mean and per-style scores to a run's result (once; saved with it)."""
+    if styles is None or not wants_loso(plan, run) or "loso_macro_f1" in result:
+        return result
+    from illustra.experiments.loso import leave_style_out
+
+    config, data, encoder_spec = resolve_config(plan, run)
+    encoder = encoder_path(encoder_spec, run_dir.parent.parent, plan, work, cache)
+    started = time.perf_counter()
+    loso = leave_style_out(curation, run_dir / "loso", work, config, encoder, styles, split_seed=plan.split_seed,
+                           log=log, cache=cache)
+    result.update({"loso_macro_f1": loso["mean_macro_f1"], "loso_per_style": loso["per_style"],
+                   "loso_seconds": round(time.perf_counter() - started, 1)})
+    (run_dir / RESULT).write_text(json.dumps(result, indent=2), encoding="utf-8")
     return result
 
 
@@ -90,26 +111,36 @@ def summary_frame(results: list[dict]) -> pd.DataFrame:
         row = {k: r[k] for k in ("run", "factor", "level", "seed", "test_macro_f1", "test_micro_f1", "val_macro_f1",
                                  "best_val_macro_f1", "epochs", "train_images", "train_seconds", "wall_seconds",
                                  "images_per_second")}
+        row["loso_macro_f1"] = r.get("loso_macro_f1", float("nan"))
+        row.update({f"loso_{name}": value for name, value in (r.get("loso_per_style") or {}).items()})
         row.update({f"f1_{name}": value for name, value in r["per_class_f1"].items()})
         rows.append(row)
     return pd.DataFrame(rows)
 
 
 def run_plan(plan: Plan, out: str | Path, curation: str | Path, work: str | Path, cache: CacheSpec = CacheSpec(),
-             progress: bool = True, only: list[str] | None = None, log=print) -> pd.DataFrame:
-    """Execute (or read back) every run, then write OUT/summary.csv, OUT/analysis.json and OUT/report.html."""
+             progress: bool = True, only: list[str] | None = None, log=print,
+             styles: str | Path | None = None) -> pd.DataFrame:
+    """Execute (or read back) every run, then write OUT/summary.csv, OUT/analysis.json and OUT/report.html.
+
+    `styles`: a truth CSV (path, style) that turns on the plan's LOSO column (plan key `loso`)."""
     from illustra.experiments.analysis import analyse
+    from illustra.experiments.loso import read_styles
     from illustra.experiments.report import write_report
 
     out, curation, work = Path(out), Path(curation), Path(work)
     out.mkdir(parents=True, exist_ok=True)
     runs = [r for r in expand_runs(plan) if not only or r.name in only or r.factor in only]
     (out / "plan.yaml").write_text(Path(plan.source).read_text(encoding="utf-8") if plan.source else "", encoding="utf-8")
+    style_of = read_styles(styles) if styles else None
+    if plan.loso and style_of is None:
+        log(f"the plan asks for LOSO scores of {plan.loso}, but no --styles truth was given: the column stays empty")
     results = []
     for number, run in enumerate(runs, 1):
         log(f"[{number}/{len(runs)}] {run.name}")
-        result = execute_run(plan, run, out, curation, work, cache, progress)
-        log(f"    test macro F1 {result['test_macro_f1']:.4f}  val {result['val_macro_f1']:.4f}  "
+        result = execute_run(plan, run, out, curation, work, cache, progress, style_of, log)
+        loso = f"  LOSO {result['loso_macro_f1']:.4f}" if "loso_macro_f1" in result else ""
+        log(f"    test macro F1 {result['test_macro_f1']:.4f}  val {result['val_macro_f1']:.4f}{loso}  "
             f"{result['train_seconds']:.0f} s  {result['images_per_second']:.0f} img/s")
         results.append(result)
     summary = summary_frame(results)

@@ -146,7 +146,8 @@ def finetune_folder(curation: str | Path, out: str | Path, work: str | Path | No
     input_size = resolved_input_size(config, encoder)
     if input_size > spec.size:
         raise ValueError(f"input_size {input_size} is larger than the {spec.size} px pixel cache")
-    summary = finetune(train_x, train_y, val_x, val_y, classes, out, config, preprocessing_of(spec, input_size),
+    preprocessing = {**preprocessing_of(spec, input_size), "tta": config.tta}  # evaluate.py predicts the same way
+    summary = finetune(train_x, train_y, val_x, val_y, classes, out, config, preprocessing,
                        encoder, resume=resume, progress=progress, max_steps=max_steps)
     summary["split_sizes"] = {k: len(v) for k, v in parts.items()}
     summary["index"] = {"work": str(work), "fingerprint": read_index_info(work).get("fingerprint", ""),
@@ -158,7 +159,7 @@ def finetune_folder(curation: str | Path, out: str | Path, work: str | Path | No
     if not final_on_all:
         test_x, test_y = arrays(parts["test"])
         model, _ = load_classifier(out / CLASSIFIER, pick_device())
-        predicted = predict_proba(model, torch.from_numpy(test_x), input_size).argmax(1)
+        predicted = predict_proba(model, torch.from_numpy(test_x), input_size, tta=config.tta).argmax(1)
         labels = list(range(len(classes)))
         present = sorted(set(test_y.tolist()) | set(predicted.tolist()))  # as evaluate.py: classes seen or predicted
         summary["test_macro_f1"] = float(f1_score(test_y, predicted, average="macro", labels=present, zero_division=0))
@@ -197,7 +198,8 @@ def predict_files(model, meta: dict, root: Path, paths: list[str], batch: int = 
                 images.append(result.image)
                 positions.append(position)
         if images:
-            probabilities.append(predict_proba(model, prepare(images, preprocessing), input_size))
+            probabilities.append(predict_proba(model, prepare(images, preprocessing), input_size,
+                                                tta=preprocessing.get("tta", "none")))
             readable += positions
     classes = len(meta["classes"])
     return (np.concatenate(probabilities) if probabilities else np.zeros((0, classes))), readable, bad

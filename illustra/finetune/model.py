@@ -14,6 +14,8 @@ from illustra.ssl.augment import normalise, resize_batch, to_float
 from illustra.ssl.encoder import Encoder, EncoderConfig
 from illustra.weights import load_weights, save_weights, with_prefix
 
+TTA = ("none", "flip")  # test-time augmentation: none, or the mean with the horizontally mirrored image
+
 
 class Classifier(nn.Module):
     """Encoder features -> linear head over the class folders."""
@@ -62,11 +64,17 @@ def prepare(images: list[Image.Image], preprocessing: dict) -> torch.Tensor:
 
 
 @torch.no_grad()
-def predict_proba(model: Classifier, squares: torch.Tensor, input_size: int, batch_size: int = 256) -> np.ndarray:
-    """Class probabilities for uint8 squares (N, S, S, 3)."""
+def predict_proba(model: Classifier, squares: torch.Tensor, input_size: int, batch_size: int = 256,
+                  tta: str = "none") -> np.ndarray:
+    """Class probabilities for uint8 squares (N, S, S, 3); tta="flip" averages them with the mirrored image's."""
+    if tta not in TTA:
+        raise ValueError(f"unknown test-time augmentation {tta!r}; one of {TTA}")
     device = next(model.parameters()).device
     out = []
     for start in range(0, len(squares), batch_size):
         batch = normalise(resize_batch(to_float(squares[start:start + batch_size].to(device)), input_size))
-        out.append(torch.softmax(model(batch).float(), 1).cpu())
+        probabilities = torch.softmax(model(batch).float(), 1)
+        if tta == "flip":
+            probabilities = (probabilities + torch.softmax(model(batch.flip(3)).float(), 1)) / 2
+        out.append(probabilities.cpu())
     return torch.cat(out).numpy() if out else np.zeros((0, len(model.head.bias)), np.float32)

@@ -21,11 +21,12 @@ from torch import nn
 
 from illustra.config import build, yaml_defaults
 from illustra.curation.balance import class_weights, epoch_indices
-from illustra.finetune.model import Classifier, predict_proba, save_classifier
+from illustra.finetune.model import TTA, Classifier, predict_proba, save_classifier
 from illustra.ssl.augment import ViewConfig, make_view, to_float
 from illustra.ssl.encoder import Encoder, EncoderConfig, load_encoder
 from illustra.train.device import barrier
 from illustra.train.loop import CHECKPOINT, LoopSettings, Trainer, tensorboard_writer
+from illustra.train.random import rand
 
 __all__ = ["CHECKPOINT", "CLASSIFIER", "MODES", "FinetuneConfig", "build_model", "finetune", "make_optimizer"]
 CLASSIFIER = "classifier.safetensors"
@@ -48,6 +49,10 @@ class FinetuneConfig:
     ema_decay: float  # per step; 0 = off
     imbalance: str  # none | over | under | weights (class-weighted loss)
     views: ViewConfig
+    mix: str  # none | mixup | cutmix: mix pairs of a batch (mixing weight uniform in [0, 1]) ...
+    mix_prob: float  # ... in this share of the batches
+    probe_epochs: int  # full / scratch: the first epochs train the head only (encoder lr 0, batch-norm frozen)
+    tta: str  # none | flip: test-time augmentation for validation, test and evaluate.py (kept in the weights)
     encoder: EncoderConfig  # used by scratch mode only
     input_size: int  # 0: the encoder's own; else train and predict at this size (<= cache size)
     seed: int
@@ -72,6 +77,9 @@ def build_model(config: FinetuneConfig, classes: int, encoder_path: str | Path |
     """Classifier from the pretrained encoder (linear / full) or a random one (scratch); (model, architecture)."""
     if config.mode not in MODES:
         raise ValueError(f"unknown mode {config.mode!r}; one of {MODES}")
+    if config.mix not in ("none", "mixup", "cutmix") or config.tta not in TTA:
+        raise ValueError(f"unknown mix {config.mix!r} or tta {config.tta!r}: mix is none | mixup | cutmix, "
+                         f"tta one of {TTA}")
     if config.mode == "scratch" or encoder_path is None:  # initialised from the trainer's seed (seed_everything)
         encoder, architecture = Encoder(config.encoder), config.encoder.to_dict()
     else:
@@ -97,11 +105,12 @@ def make_optimizer(model: Classifier, config: FinetuneConfig) -> torch.optim.Opt
     return torch.optim.AdamW(groups, weight_decay=config.weight_decay)
 
 
-def macro_f1(model: Classifier, images: torch.Tensor, labels: np.ndarray, input_size: int, classes: int) -> float:
+def macro_f1(model: Classifier, images: torch.Tensor, labels: np.ndarray, input_size: int, classes: int,
+             tta: str = "none") -> float:
     """Macro-F1 over all classes of a model on uint8 squares."""
     if len(labels) == 0:
         return float("nan")
-    predicted = predict_proba(model, images, input_size).argmax(1)
+    predicted = predict_proba(model, images, input_size, tta=tta).argmax(1)
     return float(f1_score(labels, predicted, average="macro", labels=list(range(classes)), zero_division=0))
 
 
@@ -120,13 +129,44 @@ class ClassifierTask:
             rows = order[step * batch:(step + 1) * batch][rank::world]  # this rank's share of the global batch
             views = make_view(to_float(self.images[torch.from_numpy(rows)].to(device, non_blocking=True)),
                               self.size, self.config.views, random.torch)
-            yield self.trainer.to_input(views), torch.from_numpy(self.labels[rows]).long().to(device)
+            target = torch.from_numpy(self.labels[rows]).long().to(device)
+            if self.config.mix != "none" and rand(1, random.torch, views).item() < self.config.mix_prob:
+                views, target = mix_batch(views, target, self.config.mix, random.torch)
+            yield self.trainer.to_input(views), target
 
     def loss(self, model: nn.Module, batch) -> torch.Tensor:
         views, target = batch
+        logits = model(views).float()
         # Trick: label smoothing; the class-weighted loss when the imbalance plan says `weights`
-        return F.cross_entropy(model(views).float(), target, weight=self.weights,
-                               label_smoothing=self.config.label_smoothing)
+        if isinstance(target, tuple):  # a mixed batch: the loss of both labels, by the mixing weight
+            first, second, weight = target
+            return weight * self._ce(logits, first) + (1 - weight) * self._ce(logits, second)
+        return self._ce(logits, target)
+
+    def _ce(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits, target, weight=self.weights, label_smoothing=self.config.label_smoothing)
+
+
+def mix_batch(views: torch.Tensor, target: torch.Tensor, how: str, gen: torch.Generator
+              ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, float]]:
+    """Mixup (weighted sum) or CutMix (a box of the partner pasted in) of each image with a shuffled partner.
+
+    The weight is uniform in [0, 1] (Beta(1, 1), CutMix's default); for CutMix it is the kept area."""
+    n, _, height, width = views.shape
+    partner = rand(n, gen, views).argsort()
+    weight = float(rand(1, gen, views).item())
+    if how == "mixup":
+        return weight * views + (1 - weight) * views[partner], (target, target[partner], weight)
+    if how != "cutmix":
+        raise ValueError(f"unknown mix {how!r}; one of none, mixup, cutmix")
+    side = (1 - weight) ** 0.5
+    box_h, box_w = round(height * side), round(width * side)
+    top = int(rand(1, gen, views).item() * (height - box_h + 1))
+    left = int(rand(1, gen, views).item() * (width - box_w + 1))
+    mixed = views.clone()
+    mixed[:, :, top:top + box_h, left:left + box_w] = views[partner, :, top:top + box_h, left:left + box_w]
+    kept = 1 - box_h * box_w / (height * width)
+    return mixed, (target, target[partner], kept)
 
 
 def finetune(train_images: np.ndarray, train_labels: np.ndarray, val_images: np.ndarray, val_labels: np.ndarray,
@@ -155,12 +195,18 @@ def finetune(train_images: np.ndarray, train_labels: np.ndarray, val_images: np.
     val = torch.from_numpy(np.ascontiguousarray(val_images))
     task = ClassifierTask(images, train_labels, config, input_size, weights, trainer, steps_per_epoch)
 
+    encoder_groups = optimizer.param_groups[1:]
+    encoder_lrs = [group["base_lr"] for group in encoder_groups]
+
     def frozen_encoder_stays_frozen(model: Classifier) -> None:
-        if config.mode == "linear":
+        probing = trainer.state.epoch < config.probe_epochs  # Trick: linear probe, then the whole network
+        if config.mode == "linear" or probing:
             model.encoder.eval()  # frozen: batch-norm statistics stay as pretrained
+        for group, lr in zip(encoder_groups, encoder_lrs):
+            group["base_lr"] = 0.0 if probing else lr
 
     def validate(evaluated: Classifier, state) -> dict:
-        return {"val_macro_f1": macro_f1(evaluated, val, val_labels, input_size, len(classes))}
+        return {"val_macro_f1": macro_f1(evaluated, val, val_labels, input_size, len(classes), config.tta)}
 
     meta = {"illustra_kind": "finetune-checkpoint", "config": config.to_dict()}
     final = trainer.fit(task, model, optimizer, resume=resume, max_steps=max_steps, end_of_epoch=validate,

@@ -38,6 +38,12 @@ class ViewConfig:
     grayscale: float
     blur: float  # probability of Gaussian blur (0 keeps photo texture cues)
     blur_sigma: tuple[float, float]
+    # style-breaking, content-keeping steps (issue #16): each a per-image probability, 0 = off
+    line_art: float  # replace by a line-art render (dark edges on white) of the image
+    outline: float  # thicken the dark strokes (3x3 min filter)
+    channel_shuffle: float  # permute the RGB channels (a palette permutation)
+    invert: float  # colour inversion
+    random_conv: float  # RandConv: mix with a random 3x3 convolution of the image (new textures and colours)
 
     def to_dict(self) -> dict:
         """Plain dict for logs and metadata."""
@@ -148,9 +154,77 @@ def random_blur(images: torch.Tensor, config: ViewConfig, gen: torch.Generator) 
     return flat.view(n, channels, height, width)
 
 
+def _chosen(images: torch.Tensor, probability: float, gen: torch.Generator) -> torch.Tensor:
+    """(B, 1, 1, 1) mask: which images a step with this probability applies to."""
+    return (rand(images.shape[0], gen, images) < probability).view(-1, 1, 1, 1)
+
+
+def line_art(images: torch.Tensor, probability: float, gen: torch.Generator) -> torch.Tensor:
+    """Dark Sobel edges of the luma on white, on a random subset: what is drawn, without its colours or shading."""
+    luma = F.pad(gray(images), (1, 1, 1, 1), mode="replicate")
+    kernel = images.new_tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]])
+    gx = F.conv2d(luma, kernel.view(1, 1, 3, 3))
+    gy = F.conv2d(luma, kernel.t().contiguous().view(1, 1, 3, 3))
+    magnitude = (gx.square() + gy.square()).sqrt()
+    scale = magnitude.flatten(1).amax(1).clamp(min=1e-3).view(-1, 1, 1, 1)  # per image: its strongest edge is black
+    lines = (1.0 - (2.0 * magnitude / scale).clamp(0.0, 1.0)).expand_as(images)
+    return torch.where(_chosen(images, probability, gen), lines, images)
+
+
+def outline(images: torch.Tensor, probability: float, gen: torch.Generator) -> torch.Tensor:
+    """Thicker dark strokes (a 3x3 min filter) on a random subset: bold-outline styles from thin ones.
+
+    Only thicker: a max filter that thins strokes erases 1-2 px line art at 32 px (looked at)."""
+    thicker = -F.max_pool2d(-images, 3, 1, 1)
+    return torch.where(_chosen(images, probability, gen), thicker, images)
+
+
+def channel_shuffle(images: torch.Tensor, probability: float, gen: torch.Generator) -> torch.Tensor:
+    """A random permutation of the RGB channels per image, on a random subset."""
+    n = images.shape[0]
+    order = rand(n * 3, gen, images).view(n, 3).argsort(1)
+    shuffled = torch.gather(images, 1, order.view(n, 3, 1, 1).expand_as(images))
+    return torch.where(_chosen(images, probability, gen), shuffled, images)
+
+
+def invert(images: torch.Tensor, probability: float, gen: torch.Generator) -> torch.Tensor:
+    """1 - image on a random subset."""
+    return torch.where(_chosen(images, probability, gen), 1.0 - images, images)
+
+
+def random_conv(images: torch.Tensor, probability: float, gen: torch.Generator) -> torch.Tensor:
+    """RandConv (Xu et al., ICLR 2021): a random 3x3 colour convolution per image, rescaled to [0, 1] and
+    mixed with the image by a random weight; shapes stay, textures and colours change. One grouped conv."""
+    n, channels, height, width = images.shape
+    weight = (rand(n * channels * channels * 9, gen, images) * 2 - 1).view(n * channels, channels, 3, 3)
+    flat = F.pad(images.reshape(1, n * channels, height, width), (1, 1, 1, 1), mode="replicate")
+    out = F.conv2d(flat, weight, groups=n).view(n, channels, height, width)
+    low = out.flatten(1).amin(1).view(n, 1, 1, 1)
+    high = out.flatten(1).amax(1).view(n, 1, 1, 1)
+    out = (out - low) / (high - low).clamp(min=1e-6)
+    mix = rand(n, gen, images).view(n, 1, 1, 1)
+    return torch.where(_chosen(images, probability, gen), mix * images + (1 - mix) * out, images)
+
+
+def style_steps(view: torch.Tensor, config: ViewConfig, gen: torch.Generator) -> torch.Tensor:
+    """The style-breaking steps that are switched on, in a fixed order (no random draw for a step that is off)."""
+    if config.line_art > 0:
+        view = line_art(view, config.line_art, gen)
+    if config.outline > 0:
+        view = outline(view, config.outline, gen)
+    if config.channel_shuffle > 0:
+        view = channel_shuffle(view, config.channel_shuffle, gen)
+    if config.invert > 0:
+        view = invert(view, config.invert, gen)
+    if config.random_conv > 0:
+        view = random_conv(view, config.random_conv, gen)
+    return view
+
+
 def make_view(images: torch.Tensor, size: int, config: ViewConfig, gen: torch.Generator) -> torch.Tensor:
     """One augmented, normalised view of a [0, 1] batch at `size` pixels."""
     view = crop_and_flip(images, size, config, gen)
+    view = style_steps(view, config, gen)
     view = colour_jitter(view, config, gen)
     if config.grayscale > 0:
         view = random_grayscale(view, config.grayscale, gen)
