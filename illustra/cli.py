@@ -137,7 +137,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         print(f"evaluate: weights file not found: {args.weights}", file=sys.stderr)
         return 2
     try:
-        result = evaluate_folder(args.data, args.weights)
+        result = evaluate_folder(args.data, args.weights, adapt_bn=args.adapt_bn)
     except (UnknownClassError, FileNotFoundError) as exc:
         print(f"evaluate: {exc}", file=sys.stderr)
         return 2
@@ -153,7 +153,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     print(f"micro F1: {result['micro_f1']:.4f}")
     print(f"weighted F1: {result['weighted_f1']:.4f}")
     print(f"images: {result['images']}, evaluated: {result['evaluated']}, unreadable: {len(result['unreadable'])}, "
-          f"{result['images_per_second']} images/s")
+          f"{result['images_per_second']} images/s" + (", batch-norm re-estimated on this folder" if args.adapt_bn else ""))
     if args.json:
         Path(args.json).write_text(json.dumps({k: result[k] for k in (
             "macro_f1", "micro_f1", "weighted_f1", "per_class", "images", "evaluated", "unreadable", "confusion",
@@ -358,6 +358,9 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
                         help="classifier weights file (default: %(default)s)")
     parser.add_argument("--json", metavar="OUT", help="also write the numbers as JSON")
     parser.add_argument("--confusion", metavar="PNG", help="also save the confusion matrix")
+    parser.add_argument("--adapt-bn", action="store_true",
+                        help="re-estimate batch-norm statistics on this folder's images before predicting (AdaBN: "
+                             "unlabelled, for a folder whose drawing style differs from training)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -132,3 +132,29 @@ def test_mixed_batch_weights_match_what_was_mixed(how):
     assert torch.equal(own, torch.arange(6)) and sorted(partner.tolist()) == list(range(6))
     expected = weight * own.float() + (1 - weight) * partner.float()  # each image's mean is its label mix
     assert torch.allclose(mixed.mean(dim=(1, 2, 3)), expected, atol=1e-5)
+
+
+def test_adapt_bn_re_estimates_statistics_on_the_folder_only(tiny_run):
+    """AdaBN: a copy whose batch-norm running means are the new images' own; weights and the original untouched."""
+    import torch
+    from torch import nn
+
+    from illustra.finetune.jobs import evaluate_folder
+    from illustra.finetune.model import adapt_batchnorm
+
+    data, tmp, _ = tiny_run
+    weights = tmp / "run" / "classifier.safetensors"
+    model, meta = load_classifier(weights)
+    size = int(meta["preprocessing"]["input_size"])
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    dark = torch.randint(0, 60, (12, 32, 32, 3), dtype=torch.uint8)  # far from the training images' statistics
+    adapted = adapt_batchnorm(model, dark, size)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # the original is untouched
+    first = next(m for m in adapted.modules() if isinstance(m, nn.BatchNorm2d))
+    original = next(m for m in model.modules() if isinstance(m, nn.BatchNorm2d))
+    assert not torch.allclose(first.running_mean, original.running_mean) and not adapted.training
+    assert all(torch.equal(p, model.state_dict()[k]) for k, p in adapted.state_dict().items()
+               if "running" not in k and "num_batches" not in k)  # only the statistics moved
+    plain, adapted_result = evaluate_folder(data, weights), evaluate_folder(data, weights, adapt_bn=True)
+    assert adapted_result["adapted_batchnorm"] and adapted_result["evaluated"] == plain["evaluated"]
+    assert 0.0 <= adapted_result["macro_f1"] <= 1.0

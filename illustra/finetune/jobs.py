@@ -18,7 +18,7 @@ from illustra.data.manifest import load_manifest, save_manifest
 from illustra.data.scan import scan_dataset
 from illustra.data.workspace import WorkspaceError, read_index_info, remap_to_index
 from illustra.errors import UserError
-from illustra.finetune.model import load_classifier, predict_proba, prepare
+from illustra.finetune.model import adapt_batchnorm, load_classifier, predict_proba, prepare
 from illustra.finetune.split import leaking_groups, split_manifest
 from illustra.finetune.train import CLASSIFIER, FinetuneConfig, finetune
 from illustra.ssl.jobs import preprocessing_of
@@ -182,6 +182,20 @@ def collect_folder(data: str | Path, known: list[str]) -> tuple[list[str], list[
     return ([f.path for f in scan.files], [index[f.class_folder] for f in scan.files], list(scan.skipped))
 
 
+def decode_files(meta: dict, root: Path, paths: list[str]) -> tuple[torch.Tensor, list[int], list[tuple[str, str]]]:
+    """uint8 squares of every readable file (as the model was trained), their positions, (path, reason) for the rest."""
+    images, readable, bad = [], [], []
+    for position, path in enumerate(paths):
+        result = load_image(root / path)
+        if result.image is None:
+            bad.append((path, result.reason))
+        else:
+            images.append(prepare([result.image], meta["preprocessing"]))
+            readable.append(position)
+    size = int(meta["preprocessing"]["cache_size"])
+    return (torch.cat(images) if images else torch.zeros((0, size, size, 3), dtype=torch.uint8)), readable, bad
+
+
 def predict_files(model, meta: dict, root: Path, paths: list[str], batch: int = 256
                   ) -> tuple[np.ndarray, list[int], list[tuple[str, str]]]:
     """Probabilities of every readable file, the positions that were read, and (path, reason) for the rest."""
@@ -205,8 +219,10 @@ def predict_files(model, meta: dict, root: Path, paths: list[str], batch: int = 
     return (np.concatenate(probabilities) if probabilities else np.zeros((0, classes))), readable, bad
 
 
-def evaluate_folder(data: str | Path, weights: str | Path) -> dict:
-    """Classify every image of a class-folder tree; the report's numbers, keyed as in `--json`."""
+def evaluate_folder(data: str | Path, weights: str | Path, adapt_bn: bool = False) -> dict:
+    """Classify every image of a class-folder tree; the report's numbers, keyed as in `--json`.
+
+    `adapt_bn`: re-estimate the batch-norm statistics on this folder's images first (AdaBN)."""
     started = time.perf_counter()
     model, meta = load_classifier(weights, pick_device())
     classes = list(meta["classes"])
@@ -215,7 +231,13 @@ def evaluate_folder(data: str | Path, weights: str | Path) -> dict:
         raise UserError(f"no image under the class folders of {data} ({len(skipped)} files outside them): expected "
                         f"{data}/<class folder>/<image files>, with class folders named as in training "
                         f"({', '.join(classes[:3])}, ...)")
-    probabilities, readable, bad = predict_files(model, meta, Path(data), paths)
+    if adapt_bn:  # all squares in memory (uint8, ~12 KB each at 64 px): the statistics need every image first
+        squares, readable, bad = decode_files(meta, Path(data), paths)
+        input_size = int(meta["preprocessing"]["input_size"])
+        model = adapt_batchnorm(model, squares, input_size)
+        probabilities = predict_proba(model, squares, input_size, tta=meta["preprocessing"].get("tta", "none"))
+    else:
+        probabilities, readable, bad = predict_files(model, meta, Path(data), paths)
     if not readable:
         raise UserError(f"none of the {len(paths)} files under {data} could be read as an image")
     y_true = np.asarray(labels)[readable]
@@ -240,6 +262,7 @@ def evaluate_folder(data: str | Path, weights: str | Path) -> dict:
         "skipped": [{"path": p, "reason": r} for p, r in skipped],
         "confusion": confusion_matrix(y_true, y_pred, labels=present).tolist() if len(y_true) else [],
         "seconds": round(seconds, 2), "images_per_second": round(len(paths) / max(seconds, 1e-9), 1),
+        "adapted_batchnorm": bool(adapt_bn),
     }
 
 

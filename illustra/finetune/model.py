@@ -78,3 +78,26 @@ def predict_proba(model: Classifier, squares: torch.Tensor, input_size: int, bat
             probabilities = (probabilities + torch.softmax(model(batch.flip(3)).float(), 1)) / 2
         out.append(probabilities.cpu())
     return torch.cat(out).numpy() if out else np.zeros((0, len(model.head.bias)), np.float32)
+
+
+@torch.no_grad()
+def adapt_batchnorm(model: Classifier, squares: torch.Tensor, input_size: int, batch_size: int = 256) -> Classifier:
+    """AdaBN (Li et al., 2016): a copy of the model whose batch-norm statistics are re-estimated on these images.
+
+    Unlabelled and transductive: the statistics of the folder being classified replace the training
+    ones, which helps when its drawing style (colours, line weight) differs from the training set's.
+    Weights are untouched; the copy is in eval mode."""
+    import copy
+
+    adapted = copy.deepcopy(model).eval()
+    norms = [m for m in adapted.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms or len(squares) == 0:
+        return adapted
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # a cumulative mean over every batch, not an exponential one
+        norm.train()
+    device = next(adapted.parameters()).device
+    for start in range(0, len(squares), batch_size):
+        adapted(normalise(resize_batch(to_float(squares[start:start + batch_size].to(device)), input_size)))
+    return adapted.eval()
