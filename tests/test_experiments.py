@@ -125,6 +125,10 @@ def test_every_run_is_what_its_level_says_under_each_profile(profile, monkeypatc
         assert config.time_budget_s == 0, run.name
         if run.factor != "epochs":
             assert config.epochs == plan.defaults["epochs"], run.name
+        if run.factor not in ("encoder_lr", "mode", "pretraining"):  # `base:` pins what the profile changed since
+            assert config.encoder_lr_scale == 0.3, run.name
+        if run.factor != "tta":
+            assert config.tta == "none", run.name
 
 
 def test_loso_column_trains_without_each_style_and_scores_on_it(curated, tmp_path):

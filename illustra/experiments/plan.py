@@ -75,6 +75,8 @@ def load_plan(path: str | Path, variant: str | None = None) -> Plan:
             raise ValueError(f"factor {name!r} needs a mapping of level name -> overrides")
     # the device profile's recipe is the base; runs compare at fixed epochs, so no time budget unless the plan sets one
     finetune = {**load_config(_resolve(raw.get("finetune", "finetune.yaml")), section="finetune"), "time_budget_s": 0}
+    # `base:` pins recipe keys whatever the device profile ships, so a plan's baseline stays what its results measured
+    finetune = merge(finetune, raw.get("base") or {})
     ssl = {**load_config(_resolve(raw.get("ssl", "ssl.yaml")), section="ssl"), "time_budget_s": 0}
     return Plan(name=str(raw.get("name", path.stem)), finetune=finetune,
                 defaults=raw.get("defaults") or {}, factors=factors, seeds=list(raw.get("seeds") or [0]),
