@@ -143,6 +143,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         return 2
     for item in result["unreadable"] + result["skipped"]:
         print(f"skipped {item['path']}: {item['reason']}", file=sys.stderr)
+    for warning in result["warnings"]:
+        print(f"warning: {warning}", file=sys.stderr)
     print(result["report"])
     print(f"macro F1: {result['macro_f1']:.4f}")
     present, folder = len(result["labels"]), len(result["folder_classes"])
