@@ -162,3 +162,53 @@ def test_holdout_listing_parts_share_no_source_and_skip_links(tmp_path):
         Image.new("RGB", (8, 8)).save(scene_roots[package] / name)
     dev, test = list_holdout_scenes(scene_roots, "dev"), list_holdout_scenes(scene_roots, "test")
     assert [s.key for s in dev] == ["photo:opencv-doc:aero1.jpg"] and [s.key for s in test] == ["photo:opencv-doc:aero3.jpg"]
+
+
+def test_truth_completion_lists_natural_duplicates_and_near_misses(tmp_path):
+    """Two sources that are one picture (re-encoded) become a `natural` group; a star variant is a near miss."""
+    from PIL import ImageDraw
+
+    from illustra.bench.truth import complete_truth
+
+    def flag(star: bool = False) -> Image.Image:
+        image = Image.new("RGB", (150, 100), (0, 133, 63))
+        draw = ImageDraw.Draw(image)
+        draw.rectangle((50, 0, 99, 99), fill=(253, 239, 66))
+        draw.rectangle((100, 0, 149, 99), fill=(227, 27, 35))
+        if star:
+            draw.polygon([(75 + r * np.sin(k * np.pi / 5), 50 - r * np.cos(k * np.pi / 5))
+                          for k, r in zip(range(10), [12, 5] * 5)], fill=(0, 133, 63))
+        return image
+
+    def disc(colour) -> Image.Image:
+        image = Image.new("RGB", (128, 128), "white")
+        ImageDraw.Draw(image).ellipse((10, 10, 118, 118), fill=colour)
+        return image
+
+    training, truth = tmp_path / "training", tmp_path / "truth"
+    (training / "L2_2").mkdir(parents=True)
+    truth.mkdir()
+    files = {"L2_2/flag.png": flag(), "L2_2/flag_again.jpg": flag(), "L2_2/flag_star.png": flag(star=True),
+             "L2_2/disc.png": disc((200, 40, 40)), "L2_2/disc_copy.png": disc((200, 40, 40)),
+             "L2_2/other.png": disc((40, 40, 200))}
+    for rel, image in files.items():
+        image.save(training / rel, quality=95)
+    with open(truth / "sources.csv", "w", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(["path", "folder", "kind", "source", "style", "origin"])
+        writer.writerows([[rel, "L2_2", "illustration", "test", "test", rel] for rel in files])
+    with open(truth / "duplicates.csv", "w", encoding="utf-8", newline="") as handle:  # one injected copy
+        handle.write("path,group,transform\nL2_2/disc.png,0,original\nL2_2/disc_copy.png,0,exact\n")
+
+    summary = complete_truth(tmp_path)
+    groups = list(csv.DictReader(open(truth / "duplicates.csv", encoding="utf-8")))
+    by_path = {row["path"]: row for row in groups}
+    assert by_path["L2_2/flag.png"]["group"] == by_path["L2_2/flag_again.jpg"]["group"]
+    assert by_path["L2_2/flag.png"]["transform"] == "natural"
+    assert "L2_2/flag_star.png" not in by_path and "L2_2/other.png" not in by_path
+    assert by_path["L2_2/disc_copy.png"]["transform"] == "exact"  # the injected group is kept as it was
+    near = {tuple(sorted((row["path_a"], row["path_b"])))
+            for row in csv.DictReader(open(truth / "near_miss.csv", encoding="utf-8"))}
+    assert ("L2_2/flag.png", "L2_2/flag_star.png") in near or ("L2_2/flag_again.jpg", "L2_2/flag_star.png") in near
+    assert summary["natural_pairs"] == 1 and (truth / "duplicates_injected.csv").exists()
+    assert complete_truth(tmp_path) == summary  # idempotent: runs again from the injected groups

@@ -59,6 +59,34 @@ def photo_cut_out(seed: int, size: int = 160) -> Image.Image:
     return Image.alpha_composite(Image.new("RGBA", piece.size, "white"), piece).convert("RGB")
 
 
+def with_mole(image: Image.Image) -> Image.Image:
+    """The same drawing with one small extra detail (a dark dot on the cheek)."""
+    marked = image.copy()
+    ImageDraw.Draw(marked).ellipse((84, 70, 96, 82), fill=(20, 20, 20))
+    return marked
+
+
+def flag(star: bool = False) -> Image.Image:
+    """A three-band flag, optionally with a small star in the middle band (Senegal vs Mali)."""
+    image = Image.new("RGB", (150, 100), (0, 133, 63))
+    draw = ImageDraw.Draw(image)
+    draw.rectangle((50, 0, 99, 99), fill=(253, 239, 66))
+    draw.rectangle((100, 0, 149, 99), fill=(227, 27, 35))
+    if star:
+        points = [(75 + r * np.sin(k * np.pi / 5), 50 - r * np.cos(k * np.pi / 5))
+                  for k, r in zip(range(10), [12, 5] * 5)]
+        draw.polygon(points, fill=(0, 133, 63))
+    return image
+
+
+def pixel_embeddings(work: Path) -> np.ndarray:
+    """Stand-in embeddings (8 px thumbnails, L2-normalised), so the embedding candidates exist without an encoder."""
+    pixels = torch.from_numpy(np.array(open_pixels(work))).permute(0, 3, 1, 2).float()
+    small = torch.nn.functional.adaptive_avg_pool2d(pixels, 8).flatten(1).numpy()
+    small -= small.mean(1, keepdims=True)
+    return small / np.linalg.norm(small, axis=1, keepdims=True).clip(1e-6)
+
+
 def jpeg(image: Image.Image, quality: int) -> Image.Image:
     buffer = io.BytesIO()
     image.save(buffer, "JPEG", quality=quality)
@@ -88,6 +116,12 @@ def duplicate_tree(tmp_path) -> tuple[Path, Path]:
         "L2_3/face_lineart.png": drawing("face", fill=(255, 255, 255)),  # colour vs line art: not a duplicate
         "L2_3/face_green.png": drawing("face", fill=(60, 200, 90)),       # another style: not a duplicate
         "L2_10/house_red.png": drawing("house", fill=(220, 40, 40)),
+        "L2_2/face_format.jpg": jpeg(face, 92),                                # PNG -> JPEG (format)
+        "L2_2/face_big_crop.png": face.resize((160, 160), Image.Resampling.LANCZOS).crop((6, 3, 154, 155)),
+        "L2_3/face_mole.png": with_mole(face),          # one local detail more: a near miss, not a copy
+        "L2_3/flag.png": flag(),
+        "L2_3/flag_jpeg.jpg": jpeg(flag(), 75),
+        "L2_3/flag_star.png": flag(star=True),          # the same flag with a star: must stay apart
     }
     data, work = tmp_path / "data", tmp_path / "work"
     write_tree(data, files)
@@ -104,29 +138,40 @@ def test_exact_and_near_copies_group_with_their_original(duplicate_tree):
     from illustra.data.manifest import load_manifest
 
     manifest = load_manifest(work)
-    # The frozen threshold (0.04) favours precision on the benchmark; these synthetic copies sit at 0.07-0.09,
-    # so the mechanism is tested at 0.1. The crop copy needs the embedding candidates (no encoder here).
-    columns, pairs = find_duplicates(manifest, open_pixels(work), None, DuplicateSettings(max_residual=0.1))
+    # The frozen thresholds of configs/curation.yaml: crop, resize, JPEG, brightness and format copies all pass.
+    columns, pairs = find_duplicates(manifest, open_pixels(work), pixel_embeddings(work), DuplicateSettings())
     group = groups_by_path(manifest, columns)
     face = group["L2_2/face.png"]
     assert face >= 0
-    for copy in ("face_exact.png", "face_jpeg.jpg", "face_small.png", "face_bright.png"):
+    for copy in ("face_exact.png", "face_jpeg.jpg", "face_small.png", "face_bright.png", "face_crop.png",
+                 "face_format.jpg", "face_big_crop.png"):
         assert group[f"L2_2/{copy}"] == face, copy
+    assert group["L2_3/flag_jpeg.jpg"] == group["L2_3/flag.png"] >= 0
     assert set(pairs["kind"]) <= {"exact", "near"} and "exact" in set(pairs["kind"])
+    assert {"residual", "worst_patch", "colour_shift", "transform"} <= set(pairs.columns)
+    crop_pair = pairs[manifest["path"].to_numpy()[pairs["b"]] == "L2_2/face_crop.png"]
+    crop_pair = crop_pair if len(crop_pair) else pairs[manifest["path"].to_numpy()[pairs["a"]] == "L2_2/face_crop.png"]
+    assert "crop" in set(crop_pair["transform"])
     # exactly one keeper per group, by the stated rule (largest, then lossless, then path)
     kept = manifest[(columns["dup_group"] == face) & columns["dup_keep"]]["path"].tolist()
-    assert kept == ["L2_2/face.png"]
+    assert kept == ["L2_2/face_big_crop.png"]
 
 
-def test_style_variants_are_not_duplicates(duplicate_tree):
+def test_style_variants_and_one_local_detail_are_not_duplicates(duplicate_tree):
     data, work = duplicate_tree
     from illustra.data.manifest import load_manifest
 
     manifest = load_manifest(work)
-    columns, _ = find_duplicates(manifest, open_pixels(work), None, DuplicateSettings(max_residual=0.1))
+    columns, pairs = find_duplicates(manifest, open_pixels(work), pixel_embeddings(work), DuplicateSettings())
     group = groups_by_path(manifest, columns)
-    for variant in ("L2_3/face_lineart.png", "L2_3/face_green.png", "L2_10/house_red.png"):
+    for variant in ("L2_3/face_lineart.png", "L2_3/face_green.png", "L2_10/house_red.png", "L2_3/face_mole.png"):
         assert group[variant] not in (group["L2_2/face.png"], group["L2_3/house.png"]), variant
+    assert group["L2_3/flag_star.png"] != group["L2_3/flag.png"]
+    # the star was a candidate and was turned down by its worst patch, not by the global residual
+    loose = DuplicateSettings(max_patch=float("inf"), max_colour_shift=float("inf"))
+    loose_columns, _ = find_duplicates(manifest, open_pixels(work), pixel_embeddings(work), loose)
+    loose_group = groups_by_path(manifest, loose_columns)
+    assert loose_group["L2_3/flag_star.png"] == loose_group["L2_3/flag.png"]
 
 
 def test_cross_class_copy_is_a_flagged_label_conflict(duplicate_tree):

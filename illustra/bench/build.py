@@ -30,6 +30,7 @@ from illustra.bench.sources import (
     package_versions,
     render_file,
 )
+from illustra.bench.truth import complete_truth
 
 BUILDER_VERSION = 1
 SMALL_PER_CLASS_STYLE = 3  # --small: sources per class and style
@@ -99,6 +100,8 @@ def build_benchmark(
     out = Path(out)
     request = {"builder": BUILDER_VERSION, "seed": seed, "small": small, "kind": "benchmark"}
     if not force and (record := _already_built(out, request)):
+        if not (out / "truth" / "near_miss.csv").exists():  # built before the truth was completed (issue #17)
+            record = {**record, "truth_completion": complete_truth(out)}
         return {**record, "reused": True}
     cache = Path(cache) if cache else default_cache_dir()
     started = time.perf_counter()
@@ -112,6 +115,7 @@ def build_benchmark(
               "sources": len(illustrations), "scenes": [s.key for s in scenes], **counts,
               "build_seconds": round(time.perf_counter() - started, 1)}
     write_build_record(out / "truth", record)
+    record["truth_completion"] = complete_truth(out)  # natural duplicates + near misses (bench/truth.py)
     return record
 
 

@@ -152,13 +152,28 @@ def duplicates_section(manifest: pd.DataFrame, pixels: np.ndarray, pairs: pd.Dat
             f"keeper only when the keeper's class is the group's strict majority, otherwise the whole group "
             f"({summary['label_ambiguous_rows']} rows) leaves the training set.</p>")
     grouped = manifest[manifest["dup_group"] >= 0]
+    evidence = _group_evidence(manifest, pairs)
     rows = []
     for group, members in list(grouped.groupby("dup_group"))[:40]:
         members = members.sort_values("dup_keep", ascending=False)
         flag = " <b>label conflict</b>" if members["dup_label_conflict"].any() else ""
         rows.append(f"<div>group {group}: {', '.join(members['class_folder'].unique())}{flag}"
-                    f"{_thumbs(manifest, pixels, members.index, 8)}</div>")
+                    f"{evidence.get(group, '')}{_thumbs(manifest, pixels, members.index, 8)}</div>")
     return section("duplicates", "Duplicates", text + "".join(rows))
+
+
+def _group_evidence(manifest: pd.DataFrame, pairs: pd.DataFrame) -> dict[int, str]:
+    """Per duplicate group: how its copies were made (the detector's guess) and its worst local difference."""
+    if not len(pairs) or "transform" not in pairs:
+        return {}
+    groups = manifest["dup_group"].to_numpy()[pairs["a"].to_numpy()]
+    out = {}
+    for group, members in pairs.assign(group=groups).groupby("group"):
+        kinds = ", ".join(f"{name} ({count})" if count > 1 else name
+                          for name, count in members["transform"].value_counts().items())
+        out[int(group)] = (f" &middot; copies made by: {kinds} &middot; largest local difference "
+                           f"{members['worst_patch'].max():.3f} (a duplicate stays below the threshold)")
+    return out
 
 
 def photos_section(manifest: pd.DataFrame, pixels: np.ndarray) -> str:
