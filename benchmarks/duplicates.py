@@ -17,13 +17,18 @@ import itertools
 import time
 from pathlib import Path
 
-import faiss
 import imagehash
 import numpy as np
 import pandas as pd
 from PIL import Image
 
-from illustra.curation.duplicates import DuplicateSettings, connected_groups, find_duplicates
+from illustra.curation.duplicates import (
+    DuplicateSettings,
+    connected_groups,
+    embedding_candidates,
+    find_duplicates,
+    hash_candidates,
+)
 from illustra.data.cache import open_pixels
 from illustra.data.manifest import load_manifest
 
@@ -77,25 +82,29 @@ def plain_imagehash(data: Path, paths: pd.Series, radius: int) -> tuple[np.ndarr
     return connected_groups(len(paths), np.array(pairs, np.int64).reshape(-1, 2)), seconds
 
 
-def faiss_timing(dim: int = 256, k: int = 10, counts: tuple[int, ...] = (10_000, 100_000)) -> list[str]:
-    """kNN search time (every vector queried) for flat inner-product and 64-bit binary indexes."""
+def faiss_timing(dim: int = 256, k: int = 10, counts: tuple[int, ...] = (10_000, 100_000),
+                 exact_up_to: int = 100_000) -> list[str]:
+    """Candidate search time (every vector queried) with the detector's own functions, exact and HNSW.
+
+    Synthetic vectors (unit 256-d, 64-bit codes); the exact searches are quadratic and are skipped above
+    `exact_up_to`. The detector switches to HNSW above `duplicates.exact_search_max` images.
+    """
     lines, rng = [], np.random.default_rng(0)
     for count in counts:
         vectors = rng.standard_normal((count, dim)).astype(np.float32)
         vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-        index = faiss.IndexFlatIP(dim)
-        index.add(vectors)
-        started = time.perf_counter()
-        index.search(vectors, k + 1)
-        flat = time.perf_counter() - started
         codes = rng.integers(0, 256, (count, 8), dtype=np.uint8)
-        binary = faiss.IndexBinaryFlat(64)
-        binary.add(codes)
-        started = time.perf_counter()
-        binary.range_search(codes, 13)
-        ranged = time.perf_counter() - started
-        lines.append(f"FAISS {count:>7} vectors: IndexFlatIP {dim}-d kNN(k={k}) all queries {flat:.2f} s; "
-                     f"IndexBinaryFlat 64-bit range<=12 all queries {ranged:.2f} s")
+        cells = []
+        for label, exact_max in (("exact", count), ("HNSW", 0)):
+            if label == "exact" and count > exact_up_to:
+                cells.append("exact: skipped (quadratic)")
+                continue
+            started = time.perf_counter()
+            embedding_candidates(vectors, k, 0.8, exact_max=exact_max)
+            middle = time.perf_counter()
+            hash_candidates(codes, 12, exact_max=exact_max)
+            cells.append(f"{label}: embedding kNN {middle - started:.1f} s, pHash {time.perf_counter() - middle:.1f} s")
+        lines.append(f"candidate search {count:>8} images: " + "; ".join(cells))
     return lines
 
 
@@ -125,7 +134,12 @@ def main() -> None:
     parser.add_argument("--false-out", help="CSV of the false pairs (for looking at them)")
     parser.add_argument("--sweep", action="store_true", help="grid of max_residual x max_patch from one alignment")
     parser.add_argument("--faiss-counts", type=int, nargs="+", default=[10_000, 100_000])
+    parser.add_argument("--faiss-only", action="store_true", help="only the candidate-search timing")
     args = parser.parse_args()
+    if args.faiss_only:
+        for line in faiss_timing(counts=tuple(args.faiss_counts)):
+            print(line, flush=True)
+        return
     bench = Path(args.bench)
     manifest, pixels = load_manifest(args.work), open_pixels(args.work)
     embeddings = np.load(Path(args.embeddings) / "embeddings.npy")

@@ -1,7 +1,7 @@
 """Representation quality of SSL encoders on the benchmark: kNN (k=20) and linear probe, vs random init.
 
     python benchmarks/ssl_quality.py --bench work/bench --work work/index \
-        --encoders work/ssl_main/snapshots/*.safetensors work/ssl_main/encoder.safetensors
+        --encoders work/ssl_main/snapshots/*.safetensors work/ssl_main/encoder.safetensors [--loso]
 
 Split: the benchmark's illustrations (photos excluded), 80/20 at random **by source origin**, so
 that a duplicate copy never sits on the other side of its original (the truth is used for this
@@ -22,6 +22,7 @@ import torch
 
 from illustra.data.cache import CacheSpec, open_pixels
 from illustra.data.manifest import load_manifest
+from illustra.experiments.loso import HOLDOUTS
 from illustra.ssl.embed import embed_tensor
 from illustra.ssl.encoder import Encoder, EncoderConfig
 from illustra.ssl.knn import knn_scores, linear_probe_scores
@@ -29,9 +30,9 @@ from illustra.ssl.pretrain import load_encoder
 
 
 def labelled_split(bench: Path, manifest, test_share: float = 0.2, seed: int = 0):
-    """(cache rows, labels, is_test) for illustrations, split by origin."""
+    """(cache rows, labels, is_test, styles) for illustrations, split by origin."""
     truth = {row["path"]: row for row in csv.DictReader(open(bench / "truth" / "sources.csv", encoding="utf-8"))}
-    rows, labels, is_test = [], [], []
+    rows, labels, is_test, styles = [], [], [], []
     for record in manifest[manifest["cache_row"] >= 0].itertuples():
         source = truth.get(record.path)
         if source is None or source["kind"] != "illustration":
@@ -39,12 +40,14 @@ def labelled_split(bench: Path, manifest, test_share: float = 0.2, seed: int = 0
         digest = hashlib.blake2b(f"{seed}:{source['origin']}".encode(), digest_size=8).digest()
         rows.append(record.cache_row)
         labels.append(record.class_id)
+        styles.append(source["style"])
         is_test.append(int.from_bytes(digest, "little") / 2**64 < test_share)
-    return np.array(rows), np.array(labels), np.array(is_test)
+    return np.array(rows), np.array(labels), np.array(is_test), np.array(styles)
 
 
-def evaluate(encoder, images: torch.Tensor, labels: np.ndarray, is_test: np.ndarray, input_size: int) -> dict:
-    """kNN and linear-probe scores of one encoder on the split."""
+def evaluate(encoder, images: torch.Tensor, labels: np.ndarray, is_test: np.ndarray, input_size: int,
+             styles: np.ndarray | None = None) -> dict:
+    """kNN and linear-probe scores of one encoder on the split; with `styles`, kNN leave-one-style-out too."""
     started = time.perf_counter()
     features = embed_tensor(encoder, images, input_size)
     embed_seconds = time.perf_counter() - started
@@ -52,6 +55,12 @@ def evaluate(encoder, images: torch.Tensor, labels: np.ndarray, is_test: np.ndar
     scores = knn_scores(train, labels[~is_test], test, labels[is_test], k=20)
     scores.update(linear_probe_scores(train, labels[~is_test], test, labels[is_test]))
     scores["embed_images_per_second"] = len(images) / embed_seconds
+    if styles is not None:  # the bank holds the other styles only: does the representation carry across styles?
+        for holdout, members in HOLDOUTS.items():
+            held = np.isin(styles, members)
+            scores[f"loso_{holdout}"] = knn_scores(features[~held], labels[~held], features[held], labels[held],
+                                                   k=20)["knn_macro_f1"]
+        scores["loso_knn_macro_f1"] = float(np.mean([scores[f"loso_{h}"] for h in HOLDOUTS]))
     return scores
 
 
@@ -62,10 +71,11 @@ def main() -> None:
     parser.add_argument("--work", required=True, type=Path)
     parser.add_argument("--encoders", nargs="+", required=True)
     parser.add_argument("--cache-size", type=int, default=64)
+    parser.add_argument("--loso", action="store_true", help="also kNN leave-one-style-out (bank: the other styles)")
     args = parser.parse_args()
     torch.manual_seed(0)
     manifest = load_manifest(args.work)
-    rows, labels, is_test = labelled_split(args.bench, manifest)
+    rows, labels, is_test, styles = labelled_split(args.bench, manifest)
     images = torch.from_numpy(np.ascontiguousarray(open_pixels(args.work, CacheSpec(args.cache_size))[rows]))
     print(f"illustrations: {len(rows)} ({(~is_test).sum()} train / {is_test.sum()} test, split by origin), "
           f"{len(set(labels))} classes")
@@ -76,12 +86,15 @@ def main() -> None:
         encoder, meta = load_encoder(path)
         epochs = meta.get("training", {}).get("epochs", "?")
         candidates.append((f"{Path(path).name} (epoch {epochs})", encoder, meta["architecture"]))
-    print("| encoder | kNN top-1 | kNN macro-F1 | probe top-1 | probe macro-F1 |")
-    print("| --- | ---: | ---: | ---: | ---: |")
+    styled = styles if args.loso else None
+    loso_head = " | kNN LOSO " + " | ".join(HOLDOUTS) + " | kNN LOSO mean" if args.loso else ""
+    print(f"| encoder | kNN top-1 | kNN macro-F1 | probe top-1 | probe macro-F1{loso_head} |")
+    print("| --- | ---: | ---: | ---: | ---: |" + " ---: |" * ((len(HOLDOUTS) + 1) if args.loso else 0))
     for name, encoder, arch in candidates:
-        s = evaluate(encoder, images, labels, is_test, arch["input_size"])
+        s = evaluate(encoder, images, labels, is_test, arch["input_size"], styled)
+        loso = "".join(f" | {s[f'loso_{h}']:.4f}" for h in HOLDOUTS) + f" | {s['loso_knn_macro_f1']:.4f}" if args.loso else ""
         print(f"| {name} | {s['knn_top1']:.4f} | {s['knn_macro_f1']:.4f} | {s['probe_top1']:.4f} "
-              f"| {s['probe_macro_f1']:.4f} |", flush=True)
+              f"| {s['probe_macro_f1']:.4f}{loso} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -91,9 +91,10 @@ def _cmd_curate(args: argparse.Namespace) -> int:
     print(f"files {summary['files']}, usable {summary['usable']}, blank {summary['blank']}; duplicate groups "
           f"{summary['duplicate_groups']} ({summary['duplicate_copies_dropped']} copies dropped, "
           f"{summary['label_conflict_groups']} with label conflicts); photos {summary['photos']}; "
-          f"cleaned set {summary['clean']} images; imbalance {summary['imbalance_before']}x -> {summary['imbalance_after']}x "
-          f"after cleaning -> {summary['imbalance_as_trained']}x as fine-tuning sees it (plan {summary['imbalance_plan']})")
-    print(f"seconds: {summary['seconds']}")
+          f"cleaned set {summary['clean']} images; imbalance {summary['imbalance_before']:.1f}x -> "
+          f"{summary['imbalance_after']:.1f}x after cleaning -> {summary['imbalance_as_trained']:.1f}x as fine-tuning "
+          f"sees it (plan {summary['imbalance_plan']})")
+    print("time: " + ", ".join(f"{name} {seconds:.0f} s" for name, seconds in summary["seconds"].items()))
     print(f"wrote {args.out}/{{manifest,clean,duplicates,duplicate_pairs,photos,problems}}.csv"
           + (f" and {args.out}/report.html" if "report" in jobs else ""))
     return 0
@@ -159,9 +160,41 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps({k: result[k] for k in (
             "macro_f1", "micro_f1", "weighted_f1", "per_class", "images", "evaluated", "unreadable", "confusion",
-            "classes", "labels")}, indent=2), encoding="utf-8")
+            "classes", "labels", "report", "folder_classes", "macro_f1_folder_classes", "predictions")}, indent=2),
+            encoding="utf-8")
     if args.confusion:
         save_confusion(result, args.confusion)
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    """The user's folder end to end: scan -> pretrain -> embed -> curate -> finetune -> export -> evaluate."""
+    from illustra.train.device import pick_device
+    from illustra.train.profiles import resolve_profile
+    from illustra.workflow import run_workflow, summary_lines
+
+    profile = resolve_profile()
+    print(f"device {pick_device()}, profile {profile} (configs/profiles/; --device / --profile to choose)")
+    record = run_workflow(args.data, args.out, main, encoder=args.encoder, start_from=args.start_from,
+                          ssl_budget=args.ssl_budget, finetune_budget=args.finetune_budget, profile=profile,
+                          sets=args.set)
+    print(f"\nillustra run done in {record['seconds']:.0f} s (stage records: {Path(args.out) / 'run.json'})")
+    for line in summary_lines(record["summary"]):
+        print(line)
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    """A fine-tuning run's train / val / test split as class-folder trees (hard links) plus CSV lists."""
+    from illustra.finetune.export import export_split
+
+    result = export_split(args.run_dir, args.to, copy=args.copy)
+    counts = result["counts"]
+    how = f"{result['links']} hard links, {result['copies']} copies" if result["links"] else f"{result['copies']} copies"
+    print(f"exported {counts['train']} train / {counts['val']} val / {counts['test']} test images to {args.to}/ "
+          f"({how}; the originals in {result['data']} are untouched)")
+    print(f"check the held-out figures: python evaluate.py --data {args.to}/test --weights "
+          f"{Path(args.run_dir) / 'classifier.safetensors'}")
     return 0
 
 
@@ -365,10 +398,32 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
                              "unlabelled, for a folder whose drawing style differs from training)")
 
 
+class DefaultsShown(argparse.HelpFormatter):
+    """Help that shows each option's default, unless it is empty or the help text already says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default in (None, [], False, argparse.SUPPRESS) or "default" in text.lower():
+            return text
+        return f"{text} (default: %(default)s)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with one sub-command per pipeline stage."""
-    parser = argparse.ArgumentParser(prog="illustra", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="illustra", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Turn a folder of class sub-folders of illustrations into a clean dataset and a classifier "
+                    "trained from scratch.",
+        epilog="stage order: scan -> pretrain -> embed -> curate -> finetune -> evaluate (each is a command)\n\n"
+               "what most users need:\n"
+               "  illustra run DATA --out WORK            every stage on your folder, held-out test, WORK/index.html\n"
+               "  python evaluate.py --data WORK/export/test --weights WORK/finetune/classifier.safetensors\n"
+               "  python evaluate.py --data FOLDER        the shipped classifier on any class-folder tree\n\n"
+               "`illustra COMMAND --help` for a command's options; README.md for the rest.")
     commands = parser.add_subparsers(dest="command", metavar="<command>", required=True)
+    add_parser = commands.add_parser
+    commands.add_parser = lambda name, **kw: add_parser(  # every option's help shows its default
+        name, formatter_class=DefaultsShown, **kw)
     machine = argparse.ArgumentParser(add_help=False)  # the options every stage that computes shares
     machine.add_argument("--device", choices=["auto", "cpu", "cuda"],
                          help="where to compute (default auto: CUDA when available, else CPU)")
@@ -378,26 +433,26 @@ def build_parser() -> argparse.ArgumentParser:
     bench_commands = bench.add_subparsers(dest="bench_command", metavar="<bench command>", required=True)
     build = bench_commands.add_parser("build", help="fetch the public sources and build DIR/training + DIR/truth")
     build.add_argument("--out", required=True, help="output folder (training/ and truth/ are written inside)")
-    build.add_argument("--seed", type=int, default=0)
+    build.add_argument("--seed", type=int, default=0, help="benchmark seed (same seed, byte-identical build)")
     build.add_argument("--cache", help="download cache folder (default $ILLUSTRA_CACHE or ~/.cache/illustra)")
     build.add_argument("--small", action="store_true", help="a few hundred files, for a quick real-data check")
     build.add_argument("--workers", type=int, default=0, help="processes (0 = one per core)")
     build.add_argument("--force", action="store_true", help="rebuild even if DIR already holds this build")
     build.set_defaults(run=_cmd_bench_build)
     holdout = bench_commands.add_parser("holdout", help="a second folder from unseen sources: icon styles, photo cut-outs")
-    holdout.add_argument("--out", required=True)
+    holdout.add_argument("--out", required=True, help="output folder (training/ and truth/ inside)")
     holdout.add_argument("--part", choices=["dev", "test"], default="dev",
                          help="dev may inform the detector's design; test is scored once (other icons and photos)")
-    holdout.add_argument("--seed", type=int, default=0)
+    holdout.add_argument("--seed", type=int, default=0, help="seed of the assembly")
     holdout.add_argument("--cache", help="download cache folder (default $ILLUSTRA_CACHE or ~/.cache/illustra)")
     holdout.add_argument("--workers", type=int, default=0, help="processes (0 = one per core)")
     holdout.add_argument("--force", action="store_true", help="rebuild even if DIR already holds this build")
     holdout.set_defaults(run=_cmd_bench_holdout)
     fixture = bench_commands.add_parser("fixture", help="a small synthetic folder with the same layout and truth")
-    fixture.add_argument("--out", required=True)
-    fixture.add_argument("--seed", type=int, default=0)
-    fixture.add_argument("--classes", type=int, default=5)
-    fixture.add_argument("--per-class", type=int, default=12)
+    fixture.add_argument("--out", required=True, help="output folder (training/ and truth/ inside)")
+    fixture.add_argument("--seed", type=int, default=0, help="seed of the synthetic drawings")
+    fixture.add_argument("--classes", type=int, default=5, help="class folders")
+    fixture.add_argument("--per-class", type=int, default=12, help="drawings per class")
     fixture.set_defaults(run=_cmd_bench_fixture)
 
     scan = commands.add_parser("scan", help="decode every image once: manifest.csv + pixel cache + problems.csv")
@@ -420,9 +475,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     embed = commands.add_parser("embed", help="L2-normalised embeddings for every manifest row",
                                    parents=[machine])
-    embed.add_argument("--data", required=True)
-    embed.add_argument("--encoder", default="checkpoints/encoder.safetensors")
-    embed.add_argument("--out", required=True)
+    embed.add_argument("--data", required=True, help="folder of class sub-folders")
+    embed.add_argument("--encoder", default="checkpoints/encoder.safetensors", help="SSL encoder weights")
+    embed.add_argument("--out", required=True, help="folder for embeddings.npy + manifest")
     embed.add_argument("--work", help=WORK_HELP)
     embed.set_defaults(run=_cmd_embed)
 
@@ -432,8 +487,9 @@ def build_parser() -> argparse.ArgumentParser:
     curate.add_argument("--out", required=True, help="folder for every curation output")
     curate.add_argument("--encoder", default=SHIPPED_ENCODER, help="encoder weights for the embeddings")
     curate.add_argument("--work", help=WORK_HELP)
-    curate.add_argument("--config", default="curation.yaml")
-    curate.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    curate.add_argument("--config", default="curation.yaml", help="YAML config in configs/")
+    curate.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key, e.g. duplicates.max_patch=0.03 (repeatable)")
     curate.add_argument("--only", action="append", choices=["duplicates", "photos", "report"],
                         help="run only these jobs (repeatable); duplicates always run")
     curate.set_defaults(run=_cmd_curate)
@@ -443,13 +499,14 @@ def build_parser() -> argparse.ArgumentParser:
     finetune.add_argument("--curation", required=True, help="folder written by `illustra curate` (clean.csv)")
     finetune.add_argument("--out", required=True, help="run folder: classifier.safetensors, checkpoint, tb/, metrics.json")
     finetune.add_argument("--data", help="the data folder (for the record; pixels come from --work)")
-    finetune.add_argument("--encoder", default=SHIPPED_ENCODER)
+    finetune.add_argument("--encoder", default=SHIPPED_ENCODER, help="SSL encoder the network starts from")
     finetune.add_argument("--work", help="manifest + pixel cache folder (default: the one the curation was made from)")
-    finetune.add_argument("--config", default="finetune.yaml")
-    finetune.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    finetune.add_argument("--config", default="finetune.yaml", help="YAML config in configs/")
+    finetune.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                          help="override a config key, e.g. epochs=10 (repeatable)")
     finetune.add_argument("--time-budget", help="e.g. 10m")
     finetune.add_argument("--from-scratch", action="store_true", help="random encoder init, same recipe")
-    finetune.add_argument("--resume", action="store_true")
+    finetune.add_argument("--resume", action="store_true", help="continue from RUN/checkpoint.safetensors")
     finetune.add_argument("--all", action="store_true", help="train on every cleaned image (no test score)")
     finetune.set_defaults(run=_cmd_finetune)
 
@@ -457,9 +514,29 @@ def build_parser() -> argparse.ArgumentParser:
     add_evaluate_arguments(evaluate)
     evaluate.set_defaults(run=_cmd_evaluate)
 
+    run = commands.add_parser("run", help="your folder end to end: scan, pretrain, embed, curate, finetune, export, "
+                              "evaluate on the held-out test split", parents=[machine])
+    run.add_argument("data", help="your folder of class sub-folders (only read)")
+    run.add_argument("--out", required=True, help="work folder for every stage's output (outside the data folder)")
+    run.add_argument("--encoder", help="reuse an SSL encoder (.safetensors) instead of pretraining one here")
+    run.add_argument("--from", dest="start_from", metavar="STAGE",
+                     help="redo this stage and every later one (scan, pretrain, embed, curate, finetune, export, "
+                          "evaluate); default: only what changed")
+    run.add_argument("--ssl-budget", help="SimCLR time budget, e.g. 25m (default: the profile's)")
+    run.add_argument("--finetune-budget", help="fine-tuning time budget, e.g. 20m (default: the profile's)")
+    run.add_argument("--set", action="append", default=[], metavar="STAGE.KEY=VALUE",
+                     help="override a stage's config key, e.g. finetune.epochs=10 or curate.photos.texture_steps=200")
+    run.set_defaults(run=_cmd_run)
+
+    export = commands.add_parser("export", help="a fine-tuning run's train / val / test split as class-folder trees")
+    export.add_argument("run_dir", metavar="RUN", help="fine-tuning run folder (split.csv, metrics.json, classifier)")
+    export.add_argument("--to", required=True, help="new folder for train/, val/, test/ and their CSV lists")
+    export.add_argument("--copy", action="store_true", help="copy the files (default: hard links, never moves)")
+    export.set_defaults(run=_cmd_export)
+
     predict = commands.add_parser("predict", help="class and probability per image")
-    predict.add_argument("--weights", default="checkpoints/classifier.safetensors")
-    predict.add_argument("images", nargs="+")
+    predict.add_argument("--weights", default="checkpoints/classifier.safetensors", help="classifier weights")
+    predict.add_argument("images", nargs="+", help="image files")
     predict.set_defaults(run=_cmd_predict)
 
     experiment = commands.add_parser("experiment", help="run an experiment plan: summary.csv + analysed report.html",
@@ -474,13 +551,13 @@ def build_parser() -> argparse.ArgumentParser:
     experiment.add_argument("--only", action="append", help="only these runs or factors (repeatable)")
     experiment.add_argument("--styles", help="truth CSV (path, style), e.g. BENCH/truth/sources.csv: turns on the "
                             "plan's leave-one-style-out column (plan key `loso`)")
-    experiment.add_argument("--no-progress", action="store_true")
+    experiment.add_argument("--no-progress", action="store_true", help="no progress bars (logs)")
     experiment.set_defaults(run=_cmd_experiment)
 
     pipeline = commands.add_parser("pipeline", help="main job: bench build -> scan -> every stage that exists",
                                    parents=[machine])
     pipeline.add_argument("--out", default="work", help="folder for every output (default work/)")
-    pipeline.add_argument("--seed", type=int, default=0)
+    pipeline.add_argument("--seed", type=int, default=0, help="benchmark seed")
     pipeline.add_argument("--retrain", action="store_true", help="retrain everything instead of reusing checkpoints/")
     pipeline.add_argument("--ssl-budget", help="time budget of SSL pretraining with --retrain (default: the profile's, "
                           "25m on cpu, 4m on gpu)")

@@ -212,3 +212,28 @@ def test_truth_completion_lists_natural_duplicates_and_near_misses(tmp_path):
     assert ("L2_2/flag.png", "L2_2/flag_star.png") in near or ("L2_2/flag_again.jpg", "L2_2/flag_star.png") in near
     assert summary["natural_pairs"] == 1 and (truth / "duplicates_injected.csv").exists()
     assert complete_truth(tmp_path) == summary  # idempotent: runs again from the injected groups
+
+
+def test_a_missing_svg_renderer_or_many_render_failures_stop_the_build(tmp_path, monkeypatch):
+    """Fail loudly where data would silently vanish: no resvg-py with SVG sources, or > a handful of failures."""
+    import importlib.util
+
+    import pytest
+
+    from illustra.bench.sources import SourceImage, require_renderers
+    from illustra.errors import UserError
+
+    svg = SourceImage("openmoji:1f600", "L2_20", "illustration", "openmoji", "openmoji-color", "svg", "/none.svg")
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "resvg_py" else real(name, *a))
+    with pytest.raises(UserError, match=r'pip install -e "\.\[bench\]"'):
+        require_renderers([svg])
+    monkeypatch.undo()
+    broken = [SourceImage(f"x:{i}", "L2_2", "illustration", "test", "test", "svg", f"/none/{i}.svg") for i in range(8)]
+    drawings = fixture.synthetic_drawings(["L2_2", "L2_3"], 4, 0)
+
+    def render_or_fail(source):
+        return render(source) if source.loader != "svg" else (_ for _ in ()).throw(OSError("cannot render"))
+
+    with pytest.raises(UserError, match="8 of 16 sources failed to render"):
+        assemble(drawings + broken, [], tmp_path / "out", AssemblyOptions(workers=1), render_or_fail, render_scene)

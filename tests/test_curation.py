@@ -347,3 +347,31 @@ def test_checks_plug_in_through_one_registry(fixture_bench, tmp_path, monkeypatc
     assert (manifest.loc[tiny & (manifest["decision"] != "keep"), "decision"].isin(
         ["drop: tiny", "drop: duplicate", "drop: blank image", "drop: duplicate group with conflicting labels"])).all()
     assert summary["flagged"]["tiny"] == int(tiny.sum())  # ... and are counted, with no other change anywhere
+
+
+def test_candidate_search_switches_to_hnsw_above_the_exact_limit_and_finds_the_same_pairs():
+    """Sub-quadratic search for large folders: on clustered data the HNSW graphs give the exact pairs."""
+    from illustra.curation.duplicates import embedding_candidates, hash_candidates
+
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((40, 32)).astype(np.float32)
+    vectors = np.repeat(centres, 3, axis=0) + 0.05 * rng.standard_normal((120, 32)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    exact = embedding_candidates(vectors, 5, 0.9)
+    graph = embedding_candidates(vectors, 5, 0.9, exact_max=10)
+    assert len(exact) == 120 and {tuple(p) for p in graph} == {tuple(p) for p in exact}
+    codes = np.repeat(rng.integers(0, 256, (40, 8), dtype=np.uint8), 3, axis=0)
+    codes[1::3, 0] ^= 1  # one bit off
+    exact_codes = hash_candidates(codes, 4)
+    assert {tuple(p) for p in hash_candidates(codes, 4, exact_max=10)} == {tuple(p) for p in exact_codes}
+    assert len(exact_codes) == 120
+
+
+def test_texture_view_training_scales_with_the_folder():
+    """A 150-image folder trains the texture view for seconds (20 passes), a large one for the full 1,500 steps."""
+    from illustra.curation.photos import texture_step_count
+
+    settings = PhotoSettings()
+    assert texture_step_count(150 * 8, settings) == 188
+    assert texture_step_count(9_000 * 8, settings) == settings.texture_steps == 1500
+    assert texture_step_count(3, settings) == 50

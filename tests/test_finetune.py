@@ -159,3 +159,67 @@ def test_adapt_bn_re_estimates_statistics_on_the_folder_only(tiny_run):
     assert adapted_result["adapted_batchnorm"] and adapted_result["evaluated"] == plain["evaluated"]
     assert adapted_result["warnings"] and not plain["warnings"]  # a tiny folder: AdaBN's statistics are noise, said so
     assert 0.0 <= adapted_result["macro_f1"] <= 1.0
+
+
+def test_export_writes_the_split_as_folders_and_evaluate_reproduces_the_test_score(tiny_run, tmp_path):
+    """`illustra export RUN --to DIR`: hard links, CSV lists, originals untouched; evaluate.py on DIR/test
+    gives the run's own held-out macro-F1 (the submission contract on the user's data)."""
+    import os
+
+    from illustra.cli import main
+    from illustra.errors import UserError
+    from illustra.finetune.export import export_split
+
+    data, tmp, summary = tiny_run
+    before = {p: p.stat().st_mtime_ns for p in data.rglob("*") if p.is_file()}
+    result = export_split(tmp / "run", tmp_path / "export")
+    split = pd.read_csv(tmp / "run" / "split.csv")
+    for part in ("train", "val", "test"):
+        listed = pd.read_csv(tmp_path / "export" / f"{part}.csv")
+        assert len(listed) == (split["split"] == part).sum() == result["counts"][part]
+        for rel, source in zip(listed["path"], listed["source_path"]):
+            exported = tmp_path / "export" / part / rel
+            assert os.path.samefile(exported, data / source)  # a hard link to the user's file, not a copy
+    assert {p: p.stat().st_mtime_ns for p in data.rglob("*") if p.is_file()} == before
+    evaluated = evaluate_folder(tmp_path / "export" / "test", tmp / "run" / "classifier.safetensors")
+    assert evaluated["evaluated"] == result["counts"]["test"]
+    assert evaluated["macro_f1"] == pytest.approx(summary["test_macro_f1"], abs=1e-9)
+    assert evaluated["micro_f1"] == pytest.approx(summary["test_micro_f1"], abs=1e-9)
+    with pytest.raises(UserError, match="already holds files"):
+        export_split(tmp / "run", tmp_path / "export")
+    with pytest.raises(UserError, match="inside the data folder"):
+        export_split(tmp / "run", data / "exported")
+    assert main(["export", str(tmp / "run"), "--to", str(tmp_path / "copies"), "--copy"]) == 0
+    copied = next((tmp_path / "copies" / "test").rglob("*.*"))
+    assert not any(os.path.samefile(copied, p) for p in data.rglob("*") if p.is_file())
+
+
+def test_illustra_run_takes_a_folder_to_a_verified_classifier_and_skips_what_is_done(fixture_bench, tmp_path):
+    """`illustra run DATA --out WORK` end to end on a small generated folder: the exported test folder reproduces
+    the fine-tuning run's held-out F1, and a second run redoes nothing but the (cheap) scan."""
+    import json
+
+    from illustra.cli import main
+    from illustra.workflow import run_workflow
+
+    encoder = tiny_encoder(tmp_path / "encoder.safetensors")
+    work = tmp_path / "work"
+    sets = ["curate.photos.texture_steps=40", "finetune.epochs=2", "finetune.batch_size=16"]
+    argv = ["run", str(fixture_bench / "training"), "--out", str(work), "--encoder", str(encoder)]
+    assert main([*argv, *[arg for item in sets for arg in ("--set", item)]]) == 0
+    record = json.loads((work / "run.json").read_text(encoding="utf-8"))
+    assert all(stage["done"] for stage in record["stages"].values()) and "pretrain" not in record["stages"]
+    metrics = json.loads((work / "finetune" / "metrics.json").read_text(encoding="utf-8"))
+    assert metrics["epochs"] == 2
+    assert record["summary"]["test_macro_f1"] == pytest.approx(metrics["test_macro_f1"], abs=1e-9)
+    assert record["summary"]["split"]["test"] == metrics["split_sizes"]["test"]
+    page = (work / "index.html").read_text(encoding="utf-8")
+    assert "Misclassified test images" in page and "curation/report.html" in page
+    executed = []
+    run_workflow(fixture_bench / "training", work, lambda command: executed.append(command[0]) or main(command),
+                 encoder=encoder, sets=sets, log=lambda *_: None)
+    assert executed == ["scan"]  # nothing changed: every later stage is up to date
+    executed.clear()
+    run_workflow(fixture_bench / "training", work, lambda command: executed.append(command[0]) or main(command),
+                 encoder=encoder, sets=sets, start_from="export", log=lambda *_: None)
+    assert executed == ["scan", "export", "evaluate"]

@@ -28,6 +28,8 @@ from tqdm import tqdm
 from illustra.bench.sources import SourceImage
 
 TRANSFORMS = ("exact", "jpeg", "resize", "crop", "brightness", "format")
+MAX_RENDER_FAILURES = 5  # a handful of broken package files is tolerated (and recorded in build.json) ...
+MAX_RENDER_FAILURE_SHARE = 0.002  # ... more than this share of the sources stops the build
 STAGING = ".staging"
 
 
@@ -167,6 +169,12 @@ def assemble(
     rng = random.Random(options.seed)
     names = NameMaker(rng)
     kept, stats = _keep_unique(illustrations, staged, options, rng)
+    failed = stats["render_failures"]
+    if len(failed) > max(MAX_RENDER_FAILURES, MAX_RENDER_FAILURE_SHARE * len(illustrations)):
+        from illustra.errors import UserError
+
+        raise UserError(f"{len(failed)} of {len(illustrations)} sources failed to render (first: {failed[0]}): the "
+                        "build would silently lack them; fix the cause (a missing package?) and build again")
     files = _place_originals(kept, training, names)
     total = round(len(files) / (1 - options.duplicate_fraction - options.photo_fraction))
     groups = _plan_duplicates(files, round(total * options.duplicate_fraction), options, rng, names)

@@ -29,6 +29,7 @@ from illustra.bench.sources import (
     list_photo_scenes,
     package_versions,
     render_file,
+    require_renderers,
 )
 from illustra.bench.truth import complete_truth
 
@@ -106,6 +107,7 @@ def build_benchmark(
     cache = Path(cache) if cache else default_cache_dir()
     started = time.perf_counter()
     illustrations, scenes = gather_sources(cache)
+    require_renderers(illustrations)
     options = AssemblyOptions(seed=seed, workers=workers)
     if small:
         illustrations, scenes = _small_subset(illustrations), scenes[:SMALL_SCENES]
@@ -140,6 +142,7 @@ def build_holdout(
     roots = {name: fetch_deb(name, cache) for name in packages}
     folders = [c["folder"] for c in class_map()["classes"]]
     drawings = list_holdout_drawings(roots, part, folders, seed)
+    require_renderers(drawings)
     scenes = list_holdout_scenes(roots, part)
     options = AssemblyOptions(seed=seed, workers=workers, **HOLDOUT_OPTIONS)
     counts = assemble(drawings, scenes, out, options, render, render_scene)

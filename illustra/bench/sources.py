@@ -221,6 +221,18 @@ def _pixels_from_name(path: Path) -> int:
         return 0
 
 
+def require_renderers(sources: list[SourceImage]) -> None:
+    """Stop before building when a renderer the sources need is missing (never skip a third of them silently)."""
+    import importlib.util
+
+    from illustra.errors import UserError
+
+    svg = sum(1 for source in sources if source.loader == "svg")
+    if svg and importlib.util.find_spec("resvg_py") is None:
+        raise UserError(f"{svg} of the {len(sources)} sources are SVG files and the SVG renderer (resvg-py) is not "
+                        'installed: run `pip install -e ".[bench]"` and build again')
+
+
 def render_file(source: SourceImage) -> Image.Image:
     """Render a file-backed source as RGBA (SVG at 128 px), shrunk to at most 512 px."""
     if source.loader == "svg":

@@ -17,7 +17,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from illustra.curation.duplicates import find_duplicates, ink_share
-from illustra.curation.photos import detect_photos, evidence_cache_path, photo_evidence
+from illustra.curation.photos import detect_photos, evidence_cache_path, photo_evidence, texture_step_count
 from illustra.data.workspace import read_index_info
 from illustra.train.loop import tensorboard_writer
 
@@ -123,7 +123,8 @@ class PhotoCheck(Check):
             cache = evidence_cache_path(context.work, fingerprint, settings) if fingerprint else None
             evidence = photo_evidence(context.data, context.manifest, settings, bar, cache=cache)
         writer = tensorboard_writer(context.out) if settings.texture_view else None
-        with tqdm(total=settings.texture_steps, desc="texture view", unit="step", leave=False) as bar:
+        upper = texture_step_count(len(evidence.patches), settings)  # confident patches only: may end sooner
+        with tqdm(total=upper, desc="texture view", unit="step", leave=False) as bar:
             columns = detect_photos(evidence.stats, context.embeddings, settings, evidence.patches, evidence.owner,
                                     bar, writer)
         if writer is not None:

@@ -36,6 +36,7 @@ class DuplicateSettings:
     hash_radius: int  # pHash candidates: Hamming distance <= this (of 64 bits)
     embedding_k: int  # FAISS neighbours per image on the SSL embeddings
     embedding_min_cosine: float
+    exact_search_max: int  # up to this many images the candidate search is exact; above it HNSW graphs
     blank_ink: float  # images with less ink than this are 'blank': never called duplicates
     prefilter: float  # cheap 8 px shift-tolerant difference; pairs above it are rejected
     max_crop: float  # largest border share the crop search tries, per side
@@ -75,23 +76,44 @@ def perceptual_hashes(images: np.ndarray, chunk: int = 4096) -> np.ndarray:
     return np.concatenate(codes) if codes else np.zeros((0, 8), np.uint8)
 
 
-def hash_candidates(codes: np.ndarray, radius: int) -> np.ndarray:
-    """Pairs (i < j) whose hashes differ in at most `radius` bits (FAISS binary range search)."""
+def hash_candidates(codes: np.ndarray, radius: int, exact_max: int = 50_000, k: int = 16) -> np.ndarray:
+    """Pairs (i < j) whose hashes differ in at most `radius` bits.
+
+    Up to `exact_max` images: an exact FAISS binary range search (quadratic, fast at this size). Above it:
+    each image's `k` nearest hashes from a binary HNSW graph, kept when within the radius (sub-quadratic;
+    a pHash group larger than k is still joined through its members' neighbours).
+    """
     if len(codes) < 2:
         return np.zeros((0, 2), np.int64)
+    codes = np.ascontiguousarray(codes)
+    if len(codes) > exact_max:
+        index = faiss.IndexBinaryHNSW(codes.shape[1] * 8, 32)
+        index.hnsw.efSearch = max(64, 2 * k)
+        index.add(codes)
+        distances, neighbours = index.search(codes, min(k + 1, len(codes)))
+        queries = np.repeat(np.arange(len(codes)), neighbours.shape[1])
+        close = distances.ravel() <= radius
+        return _ordered_pairs(queries[close], neighbours.ravel()[close])
     index = faiss.IndexBinaryFlat(codes.shape[1] * 8)
-    index.add(np.ascontiguousarray(codes))
-    limits, _, neighbours = index.range_search(np.ascontiguousarray(codes), radius + 1)  # radius is exclusive
+    index.add(codes)
+    limits, _, neighbours = index.range_search(codes, radius + 1)  # radius is exclusive
     queries = np.repeat(np.arange(len(codes)), np.diff(limits.astype(np.int64)))
     return _ordered_pairs(queries, neighbours)
 
 
-def embedding_candidates(embeddings: np.ndarray, k: int, min_cosine: float) -> np.ndarray:
-    """Pairs (i < j) among each image's k nearest embeddings with cosine >= min_cosine (FAISS inner product)."""
+def embedding_candidates(embeddings: np.ndarray, k: int, min_cosine: float, exact_max: int = 50_000) -> np.ndarray:
+    """Pairs (i < j) among each image's k nearest embeddings with cosine >= min_cosine.
+
+    Exact FAISS inner-product search up to `exact_max` images, an HNSW graph above (sub-quadratic).
+    """
     if len(embeddings) < 2:
         return np.zeros((0, 2), np.int64)
     vectors = np.ascontiguousarray(embeddings, dtype=np.float32)
-    index = faiss.IndexFlatIP(vectors.shape[1])
+    if len(vectors) > exact_max:
+        index = faiss.IndexHNSWFlat(vectors.shape[1], 32, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efSearch = max(64, 2 * k)
+    else:
+        index = faiss.IndexFlatIP(vectors.shape[1])
     index.add(vectors)
     scores, neighbours = index.search(vectors, min(k + 1, len(vectors)))
     queries = np.repeat(np.arange(len(vectors)), neighbours.shape[1])
@@ -256,8 +278,13 @@ def align_pairs(images: np.ndarray, rects: torch.Tensor, pairs: np.ndarray,
     """
     grid = torch.cartesian_prod(*[torch.arange(-settings.max_crop, settings.max_crop + 1e-9, 0.02)] * 2)
     size, small = settings.content_size, settings.align_size
+    from tqdm import tqdm
+
     out: dict[str, list] = {"crop": [], "residual": [], "worst_patch": [], "colour_shift": []}
+    bar = tqdm(total=len(pairs), desc="duplicate check", unit="pair", leave=False,
+               disable=len(pairs) <= settings.batch_pairs)
     for start in range(0, len(pairs), settings.batch_pairs):
+        bar.update(min(settings.batch_pairs, len(pairs) - start))
         chunk = torch.from_numpy(pairs[start:start + settings.batch_pairs])
         ink_a = 1 - torch.from_numpy(images[chunk[:, 0].numpy()]).permute(0, 3, 1, 2).float() / 255
         ink_b = 1 - torch.from_numpy(images[chunk[:, 1].numpy()]).permute(0, 3, 1, 2).float() / 255
@@ -276,6 +303,7 @@ def align_pairs(images: np.ndarray, rects: torch.Tensor, pairs: np.ndarray,
         count = mask.sum((2, 3)).clamp_min(1)
         shift = ((b_final - a_final) * mask).sum((2, 3)) / count  # (P, 3) mean ink change per channel
         out["colour_shift"].append((shift - shift.mean(1, keepdim=True)).abs().max(1).values)
+    bar.close()
     if not out["crop"]:
         return {"crop": np.zeros((0, 4), np.float32), "residual": np.zeros(0, np.float32),
                 "worst_patch": np.zeros(0, np.float32), "colour_shift": np.zeros(0, np.float32)}
@@ -336,8 +364,9 @@ def find_duplicates(manifest: pd.DataFrame, pixels: np.ndarray, embeddings: np.n
     images = np.asarray(pixels[manifest["cache_row"].to_numpy()[usable]])
     ink = ink_share(images)
     blank = ink < settings.blank_ink
-    hashed = hash_candidates(perceptual_hashes(images), settings.hash_radius)
-    embedded = (embedding_candidates(embeddings[usable], settings.embedding_k, settings.embedding_min_cosine)
+    hashed = hash_candidates(perceptual_hashes(images), settings.hash_radius, settings.exact_search_max)
+    embedded = (embedding_candidates(embeddings[usable], settings.embedding_k, settings.embedding_min_cosine,
+                                     settings.exact_search_max)
                 if embeddings is not None else np.zeros((0, 2), np.int64))
     exact = _exact_pairs(manifest["pixel_hash"].to_numpy()[usable])
     candidates = _ordered_pairs(*np.concatenate([hashed, embedded, exact]).T) if len(hashed) + len(embedded) + len(

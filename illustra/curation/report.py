@@ -36,13 +36,13 @@ def thumb_tag(pixels: np.ndarray, title: str = "") -> str:
     """One cached image as an inline PNG thumbnail."""
     buffer = io.BytesIO()
     Image.fromarray(np.asarray(pixels)).save(buffer, format="PNG")
-    return (f'<img width="48" height="48" title="{html.escape(title)}" '
+    return (f'<img width="64" height="64" title="{html.escape(title)}" '
             f'src="data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()}">')
 
 
 def table_tag(frame: pd.DataFrame) -> str:
     """A small DataFrame as an HTML table."""
-    return frame.to_html(border=0, float_format=lambda v: f"{v:.3g}")
+    return frame.to_html(border=0, float_format=lambda v: f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.3g}")
 
 
 def section(anchor: str, title: str, body: str) -> str:
@@ -50,11 +50,15 @@ def section(anchor: str, title: str, body: str) -> str:
     return f'<section id="{anchor}"><h2>{html.escape(title)}</h2>{body}</section>'
 
 
-def _thumbs(manifest: pd.DataFrame, pixels: np.ndarray, rows, limit: int = 24) -> str:
-    """Thumbnails of manifest rows (by index), with their path as tooltip."""
+def _thumbs(manifest: pd.DataFrame, pixels: np.ndarray, rows, limit: int = 24, data: Path | None = None) -> str:
+    """Thumbnails (64 px) of manifest rows (by index), path as tooltip; a click opens the file when `data` is known."""
     rows = list(rows)[:limit]
-    tags = [thumb_tag(pixels[manifest.at[r, "cache_row"]], manifest.at[r, "path"]) for r in rows
-            if manifest.at[r, "cache_row"] >= 0]
+    tags = []
+    for r in rows:
+        if manifest.at[r, "cache_row"] < 0:
+            continue
+        tag = thumb_tag(pixels[manifest.at[r, "cache_row"]], manifest.at[r, "path"])
+        tags.append(f'<a href="{(data / manifest.at[r, "path"]).resolve().as_uri()}">{tag}</a>' if data else tag)
     return f'<div class="thumbs">{"".join(tags) or "<i>none</i>"}</div>'
 
 
@@ -144,22 +148,30 @@ def embedding_section(manifest: pd.DataFrame, embeddings: np.ndarray) -> str:
     return section("embedding", "Embedding map (PCA of the SSL encoder's features)", figure_tag(fig))
 
 
-def duplicates_section(manifest: pd.DataFrame, pixels: np.ndarray, pairs: pd.DataFrame, summary: dict) -> str:
-    """Counts, the keep rule, conflicts, and a gallery of groups (keeper first)."""
-    text = (f"<p>{summary['duplicate_groups']} groups; {summary['duplicate_copies_dropped']} copies dropped; "
-            f"pairs by kind: {summary['duplicate_pairs']}. Keep rule: largest resolution, then lossless format, then "
+def duplicates_section(manifest: pd.DataFrame, pixels: np.ndarray, pairs: pd.DataFrame, summary: dict,
+                       data: Path | None = None) -> str:
+    """Counts, the keep rule, conflicts, and every group (keeper first) with its evidence."""
+    kinds = summary.get("duplicate_pairs", {})
+    in_words = ", ".join(f"{count:,} {'pixel-identical' if kind == 'exact' else 'near-identical'}"
+                         for kind, count in sorted(kinds.items())) or "none"
+    text = (f"<p>{summary['duplicate_groups']:,} groups; {summary['duplicate_copies_dropped']:,} copies dropped; "
+            f"confirmed pairs: {in_words}. Keep rule: largest resolution, then lossless format, then "
             f"path. {summary['label_conflict_groups']} groups span several classes; a conflicted group keeps its "
             f"keeper only when the keeper's class is the group's strict majority, otherwise the whole group "
             f"({summary['label_ambiguous_rows']} rows) leaves the training set.</p>")
     grouped = manifest[manifest["dup_group"] >= 0]
     evidence = _group_evidence(manifest, pairs)
     rows = []
-    for group, members in list(grouped.groupby("dup_group"))[:40]:
+    for group, members in grouped.groupby("dup_group"):
         members = members.sort_values("dup_keep", ascending=False)
         flag = " <b>label conflict</b>" if members["dup_label_conflict"].any() else ""
         rows.append(f"<div>group {group}: {', '.join(members['class_folder'].unique())}{flag}"
-                    f"{evidence.get(group, '')}{_thumbs(manifest, pixels, members.index, 8)}</div>")
-    return section("duplicates", "Duplicates", text + "".join(rows))
+                    f"{evidence.get(group, '')}{_thumbs(manifest, pixels, members.index, 12, data)}</div>")
+    shown = "".join(rows[:40])
+    rest = (f"<details><summary>show the other {len(rows) - 40} groups</summary>{''.join(rows[40:])}</details>"
+            if len(rows) > 40 else "")
+    text += "<p class='cap'>The keeper is first; a click on a thumbnail opens the file.</p>" if data else ""
+    return section("duplicates", "Duplicates", text + shown + rest)
 
 
 def _group_evidence(manifest: pd.DataFrame, pairs: pd.DataFrame) -> dict[int, str]:
@@ -212,17 +224,42 @@ def problems_section(manifest: pd.DataFrame) -> str:
     return section("problems", f"Problems ({len(table)} files)", table_tag(table.head(200)) if len(table) else "<p>none</p>")
 
 
+OVERVIEW = {"files": "files in the folder", "usable": "decodable images", "blank": "blank images (no ink)",
+            "duplicate_groups": "duplicate groups", "duplicate_copies_dropped": "duplicate copies dropped",
+            "label_conflict_groups": "duplicate groups spanning several classes",
+            "label_ambiguous_rows": "images dropped for conflicting labels", "photos": "photographs flagged",
+            "clean": "images in the cleaned set", "imbalance_plan": "imbalance plan (fine-tuning)",
+            "imbalance_before": "imbalance before cleaning (largest / smallest class)",
+            "imbalance_after": "imbalance after cleaning", "imbalance_as_trained": "imbalance as fine-tuning samples it"}
+
+
+def _overview(summary: dict) -> str:
+    """The summary as a two-column table in words: integers as integers, ratios with one decimal."""
+    rows = []
+    for key, label in OVERVIEW.items():
+        if key not in summary:
+            continue
+        value = summary[key]
+        shown = (f"{value:,}" if isinstance(value, int | np.integer) and not isinstance(value, bool)
+                 else f"{value:.1f}x" if isinstance(value, float) else html.escape(str(value)))
+        rows.append(f"<tr><td style='text-align:left'>{html.escape(label)}</td><td>{shown}</td></tr>")
+    seconds = summary.get("seconds", {})
+    if seconds:
+        rows.append("<tr><td style='text-align:left'>time (s)</td><td>" + ", ".join(
+            f"{html.escape(str(k))} {v:.0f}" for k, v in seconds.items()) + "</td></tr>")
+    return f"<table>{''.join(rows)}</table>"
+
+
 def write_report(path: str | Path, manifest: pd.DataFrame, pixels: np.ndarray, embeddings: np.ndarray,
-                 pairs: pd.DataFrame, classes: list[str], summary: dict) -> Path:
-    """Write the self-contained report.html of a curation run."""
-    overview = pd.Series({k: v for k, v in summary.items() if not isinstance(v, dict)}).to_frame("value")
+                 pairs: pd.DataFrame, classes: list[str], summary: dict, data: str | Path | None = None) -> Path:
+    """Write the self-contained report.html of a curation run (`data`: the folder, so thumbnails open the file)."""
     sections = [
-        section("overview", "Overview", table_tag(overview)),
+        section("overview", "Overview", _overview(summary)),
         class_section(manifest, classes, summary),
         properties_section(manifest),
         colour_section(manifest, pixels, classes),
         embedding_section(manifest, embeddings),
-        duplicates_section(manifest, pixels, pairs, summary),
+        duplicates_section(manifest, pixels, pairs, summary, Path(data) if data else None),
         photos_section(manifest, pixels),
         gallery_section(manifest, pixels, classes),
         problems_section(manifest),

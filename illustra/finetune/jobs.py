@@ -201,15 +201,20 @@ def decode_files(meta: dict, root: Path, paths: list[str]) -> tuple[torch.Tensor
 def predict_files(model, meta: dict, root: Path, paths: list[str], batch: int = 256
                   ) -> tuple[np.ndarray, list[int], list[tuple[str, str]]]:
     """Probabilities of every readable file, the positions that were read, and (path, reason) for the rest."""
+    from tqdm import tqdm
+
     probabilities, readable, bad = [], [], []
     preprocessing = meta["preprocessing"]
+    bar = tqdm(total=len(paths), desc="classify", unit="img", leave=False, disable=len(paths) <= batch)
     for start in range(0, len(paths), batch):  # decoded a batch at a time: memory stays flat on a large folder
         squares, positions, failed = decode_files(meta, root, paths[start:start + batch])
+        bar.update(min(batch, len(paths) - start))
         bad += failed
         if positions:
             probabilities.append(predict_proba(model, squares, int(preprocessing["input_size"]),
                                                tta=preprocessing.get("tta", "none")))
             readable += [start + position for position in positions]
+    bar.close()
     classes = len(meta["classes"])
     return (np.concatenate(probabilities) if probabilities else np.zeros((0, classes))), readable, bad
 
@@ -256,6 +261,9 @@ def evaluate_folder(data: str | Path, weights: str | Path, adapt_bn: bool = Fals
         "unreadable": [{"path": p, "reason": r} for p, r in bad],
         "skipped": [{"path": p, "reason": r} for p, r in skipped],
         "confusion": confusion_matrix(y_true, y_pred, labels=present).tolist() if len(y_true) else [],
+        "predictions": [{"path": paths[i], "true": classes[t], "predicted": classes[p], "probability": round(float(q), 4)}
+                        for i, t, p, q in zip(readable, y_true.tolist(), y_pred.tolist(),
+                                              probabilities.max(1).tolist() if len(readable) else [])],
         "seconds": round(seconds, 2), "images_per_second": round(len(paths) / max(seconds, 1e-9), 1),
         "adapted_batchnorm": bool(adapt_bn),
         "warnings": [f"--adapt-bn re-estimated the batch-norm statistics from only {len(y_true)} images: too few for "
