@@ -69,9 +69,12 @@ def write_index(work: str | Path) -> Path:
     for report in sorted(work.glob("*/report.html")):
         if report.parent.name != "curation":
             links.append(f'<a href="{report.parent.name}/report.html">{html.escape(report.parent.name)} report</a>')
-    stages = "".join(f"<tr><td style='text-align:left'>{html.escape(name)}</td><td>{info.get('seconds', '')}</td>"
-                     f"<td style='text-align:left'>{'done' if info.get('done') else 'not finished'}</td></tr>"
-                     for name, info in record.get("stages", {}).items())
+    from illustra.workflow import STAGES
+
+    done = record.get("stages", {})
+    stages = "".join(f"<tr><td style='text-align:left'>{name}</td><td>{done[name].get('seconds', '')}</td>"
+                     f"<td style='text-align:left'>{'done' if done[name].get('done') else 'not finished'}</td></tr>"
+                     for name in STAGES if name in done)
     names = [evaluation["classes"][i] for i in evaluation["labels"]]
     wrong = [p for p in evaluation.get("predictions", []) if p["true"] != p["predicted"]]
     tiles = []

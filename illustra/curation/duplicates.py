@@ -76,7 +76,7 @@ def perceptual_hashes(images: np.ndarray, chunk: int = 4096) -> np.ndarray:
     return np.concatenate(codes) if codes else np.zeros((0, 8), np.uint8)
 
 
-def hash_candidates(codes: np.ndarray, radius: int, exact_max: int = 50_000, k: int = 16) -> np.ndarray:
+def hash_candidates(codes: np.ndarray, radius: int, exact_max: int = 200_000, k: int = 16) -> np.ndarray:
     """Pairs (i < j) whose hashes differ in at most `radius` bits.
 
     Up to `exact_max` images: an exact FAISS binary range search (quadratic, fast at this size). Above it:
@@ -101,7 +101,7 @@ def hash_candidates(codes: np.ndarray, radius: int, exact_max: int = 50_000, k: 
     return _ordered_pairs(queries, neighbours)
 
 
-def embedding_candidates(embeddings: np.ndarray, k: int, min_cosine: float, exact_max: int = 50_000) -> np.ndarray:
+def embedding_candidates(embeddings: np.ndarray, k: int, min_cosine: float, exact_max: int = 200_000) -> np.ndarray:
     """Pairs (i < j) among each image's k nearest embeddings with cosine >= min_cosine.
 
     Exact FAISS inner-product search up to `exact_max` images, an HNSW graph above (sub-quadratic).

@@ -184,7 +184,8 @@ def _group_evidence(manifest: pd.DataFrame, pairs: pd.DataFrame) -> dict[int, st
         kinds = ", ".join(f"{name} ({count})" if count > 1 else name
                           for name, count in members["transform"].value_counts().items())
         out[int(group)] = (f" &middot; copies made by: {kinds} &middot; largest local difference "
-                           f"{members['worst_patch'].max():.3f} (a duplicate stays below the threshold)")
+                           f"{members['worst_patch'].max():.3f} (worst 8x8 patch after alignment; a pair above "
+                           "<code>duplicates.max_patch</code> is not a duplicate)")
     return out
 
 
