@@ -290,3 +290,27 @@ def test_no_import_cycles_and_no_stage_imports_another_stages_trainer():
         if stage in ("ssl", "finetune", "curation"):
             foreign = {trainer for owner, trainer in trainer_of.items() if owner != stage} & targets
             assert not foreign, (module, foreign)
+
+
+def test_narrow_networks_stay_nchw_on_the_cpu_where_torch_segfaults(tmp_path):
+    """torch 2.14.1's CPU backward segfaults for channels_last convolutions narrower than 16 channels on odd
+    batch sizes; the core keeps such networks NCHW (a subprocess, so a regression cannot kill the test run)."""
+    import subprocess
+    import sys
+
+    script = (
+        "import torch, torch.nn as nn, torch.nn.functional as F\n"
+        "from illustra.ssl.encoder import Encoder, EncoderConfig\n"
+        "from illustra.train.loop import LoopSettings, Trainer\n"
+        "trainer = Trainer(LoopSettings(epochs=1, steps_per_epoch=1, cpu_channels_last=True, device='cpu'), "
+        "progress=False)\n"
+        "encoder = Encoder(EncoderConfig(width=8, stages=2, input_size=32))  # crashed with channels_last\n"
+        "model = trainer.prepare(nn.Sequential(encoder, nn.Linear(encoder.feature_dim, 4)))\n"
+        "x = trainer.to_input(torch.rand(15, 3, 32, 32))\n"
+        "F.cross_entropy(model(x), torch.randint(0, 4, (15,))).backward()\n"
+        "wide = Trainer(LoopSettings(epochs=1, steps_per_epoch=1, cpu_channels_last=True, device='cpu'), progress=False)\n"
+        "wide.prepare(nn.Sequential(nn.Conv2d(3, 32, 3)))\n"
+        "assert wide.to_input(torch.rand(2, 3, 8, 8)).is_contiguous(memory_format=torch.channels_last)\n"
+        "print('ok')\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "ok" in done.stdout, done.stderr[-2000:]
