@@ -169,6 +169,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     """The user's folder end to end: scan -> pretrain -> embed -> curate -> finetune -> export -> evaluate."""
+    from illustra.index_page import write_index
     from illustra.train.device import pick_device
     from illustra.train.profiles import resolve_profile
     from illustra.workflow import run_workflow, summary_lines
@@ -178,6 +179,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     record = run_workflow(args.data, args.out, main, encoder=args.encoder, start_from=args.start_from,
                           ssl_budget=args.ssl_budget, finetune_budget=args.finetune_budget, profile=profile,
                           sets=args.set)
+    write_index(args.out)
     print(f"\nillustra run done in {record['seconds']:.0f} s (stage records: {Path(args.out) / 'run.json'})")
     for line in summary_lines(record["summary"]):
         print(line)

@@ -9,7 +9,8 @@ Stages, each the same code as its own sub-command, each writing under WORK:
     finetune  WORK/finetune     classifier.safetensors, split.csv, metrics.json (test scored once)
     export    WORK/export       train/ val/ test/ as class-folder trees of hard links + CSV lists
     evaluate  WORK/evaluation.json   `evaluate.py` on WORK/export/test: the held-out figures
-    (always)  WORK/index.html   one page: summary, links to the reports, evaluation, misclassified images
+    (then)    WORK/index.html   one page: summary, links to the reports, evaluation, misclassified images
+              (`illustra.index_page.write_index`, called by `illustra run` after the stages)
 
 A stage is skipped when it finished before with the same inputs: its key hashes its command, the
 index fingerprint after `scan`, the configs it reads and the key of the stage before it
@@ -149,10 +150,6 @@ def run_workflow(data: str | Path, work: str | Path, run_command: Callable[[list
         previous = key
     record["seconds"] = round(time.perf_counter() - started, 1)
     record["summary"] = summarise(work)
-    _save(record_path, record)
-    from illustra.index_page import write_index
-
-    record["index_page"] = str(write_index(work))
     _save(record_path, record)
     return record
 
