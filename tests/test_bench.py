@@ -167,18 +167,9 @@ def test_holdout_listing_parts_share_no_source_and_skip_links(tmp_path):
 def test_truth_completion_lists_natural_duplicates_and_near_misses(tmp_path):
     """Two sources that are one picture (re-encoded) become a `natural` group; a star variant is a near miss."""
     from PIL import ImageDraw
+    from test_curation import flag  # the same flag, with and without a star
 
     from illustra.bench.truth import complete_truth
-
-    def flag(star: bool = False) -> Image.Image:
-        image = Image.new("RGB", (150, 100), (0, 133, 63))
-        draw = ImageDraw.Draw(image)
-        draw.rectangle((50, 0, 99, 99), fill=(253, 239, 66))
-        draw.rectangle((100, 0, 149, 99), fill=(227, 27, 35))
-        if star:
-            draw.polygon([(75 + r * np.sin(k * np.pi / 5), 50 - r * np.cos(k * np.pi / 5))
-                          for k, r in zip(range(10), [12, 5] * 5)], fill=(0, 133, 63))
-        return image
 
     def disc(colour) -> Image.Image:
         image = Image.new("RGB", (128, 128), "white")
