@@ -172,7 +172,8 @@ def summarise(work: Path) -> dict:
     export = {part: sum(1 for _ in open(work / "export" / f"{part}.csv", encoding="utf-8")) - 1
               for part in ("train", "val", "test")}
     return {
-        "files": curation.get("files"), "duplicate_groups": curation.get("duplicate_groups"),
+        "files": curation.get("files"), "unreadable": (curation.get("files") or 0) - (curation.get("usable") or 0),
+        "problems": str(work / "index" / "problems.csv"), "duplicate_groups": curation.get("duplicate_groups"),
         "duplicate_copies_dropped": curation.get("duplicate_copies_dropped"), "photos": curation.get("photos"),
         "blank": curation.get("blank"), "clean": curation.get("clean"),
         "imbalance_before": curation.get("imbalance_before"), "imbalance_after": curation.get("imbalance_after"),
@@ -188,8 +189,11 @@ def summarise(work: Path) -> dict:
 def summary_lines(summary: dict) -> list[str]:
     """The one-screen summary printed at the end of `illustra run`."""
     split = summary["split"]
+    unreadable = summary.get("unreadable", 0)
     return [
-        f"files {summary['files']}: {summary['duplicate_copies_dropped']} duplicate copies dropped "
+        f"files {summary['files']}"
+        + (f" ({unreadable} unreadable, listed in {summary['problems']})" if unreadable else "")
+        + f": {summary['duplicate_copies_dropped']} duplicate copies dropped "
         f"({summary['duplicate_groups']} groups), {summary['photos']} photos, {summary['blank']} blank images; "
         f"{summary['clean']} images in the cleaned set",
         f"imbalance (largest / smallest class): {summary['imbalance_before']:.1f}x before, "
