@@ -114,7 +114,7 @@ def sweep(manifest, pixels, embeddings, settings, truth: set, near: set) -> None
                                 max_colour_shift=float("inf"))
     _, pairs = find_duplicates(manifest, pixels, embeddings, loose)
     for max_residual in (0.06, 0.075, 0.09, 0.12, 0.16):
-        for max_patch in (0.012, 0.015, 0.0185, 0.021, 0.025):
+        for max_patch in (0.025, 0.03, 0.035, 0.04, 0.045, 0.05):
             kept = pairs[(pairs["residual"] <= max_residual) & (pairs["worst_patch"] <= max_patch)
                          & (pairs["colour_shift"] <= settings.max_colour_shift)]
             predicted = group_pairs(connected_groups(len(manifest), kept[["a", "b"]].to_numpy()))

@@ -294,7 +294,8 @@ def _cmd_bench_holdout(args: argparse.Namespace) -> int:
     from illustra.bench.sources import MissingToolError
 
     try:
-        record = build_holdout(args.out, part=args.part, seed=args.seed, cache=args.cache, workers=args.workers, force=args.force)
+        record = build_holdout(args.out, part=args.part, seed=args.seed, cache=args.cache, workers=args.workers,
+                               force=args.force, duplicates=args.duplicates)
     except MissingToolError as exc:
         print(f"illustra bench holdout: {exc}", file=sys.stderr)
         return 1
@@ -446,6 +447,9 @@ def build_parser() -> argparse.ArgumentParser:
     holdout.add_argument("--part", choices=["dev", "test"], default="dev",
                          help="dev may inform the detector's design; test is scored once (other icons and photos)")
     holdout.add_argument("--seed", type=int, default=0, help="seed of the assembly")
+    holdout.add_argument("--duplicates", type=float, default=0.0,
+                         help="share of injected duplicate copies, as in the benchmark (0.06), to check the duplicate "
+                              "detector on unseen sources")
     holdout.add_argument("--cache", help="download cache folder (default $ILLUSTRA_CACHE or ~/.cache/illustra)")
     holdout.add_argument("--workers", type=int, default=0, help="processes (0 = one per core)")
     holdout.add_argument("--force", action="store_true", help="rebuild even if DIR already holds this build")

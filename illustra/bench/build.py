@@ -123,9 +123,10 @@ def build_benchmark(
 
 def build_holdout(
     out: str | Path, *, part: str = "dev", seed: int = 0, cache: str | Path | None = None, workers: int = 0,
-    force: bool = False,
+    force: bool = False, duplicates: float = 0.0,
 ) -> dict:
-    """A folder from sources the benchmark never uses, to test that the photo detector generalises.
+    """A folder from sources the benchmark never uses, to test that the photo detector generalises
+    (and, with `duplicates` > 0, the duplicate detector: that share of injected copies, truth completed).
 
     Drawings: icon themes of other styles (dev: Oxygen glossy + Papirus flat; test: MATE + elementary,
     both shaded), put into random class folders. Photos (~12 %): OpenCV's sample photographs (dev and
@@ -133,7 +134,8 @@ def build_holdout(
     half saved as PNG. No duplicates are added. Truth as in the benchmark (style `photo` or `photo-cutout`).
     """
     out = Path(out)
-    request = {"builder": BUILDER_VERSION, "seed": seed, "kind": "holdout", "part": part}
+    request = {"builder": BUILDER_VERSION, "seed": seed, "kind": "holdout", "part": part,
+               **({"duplicates": duplicates} if duplicates else {})}  # 0: the request (and reuse) as before
     if not force and (record := _already_built(out, request)):
         return {**record, "reused": True}
     cache = Path(cache) if cache else default_cache_dir()
@@ -144,12 +146,14 @@ def build_holdout(
     drawings = list_holdout_drawings(roots, part, folders, seed)
     require_renderers(drawings)
     scenes = list_holdout_scenes(roots, part)
-    options = AssemblyOptions(seed=seed, workers=workers, **HOLDOUT_OPTIONS)
+    options = AssemblyOptions(seed=seed, workers=workers, **{**HOLDOUT_OPTIONS, "duplicate_fraction": duplicates})
     counts = assemble(drawings, scenes, out, options, render, render_scene)
     record = {"request": request, "options": asdict(options), "packages": package_versions(cache, packages),
               "sources": len(drawings), "scenes": [s.key for s in scenes], **counts,
               "build_seconds": round(time.perf_counter() - started, 1)}
     write_build_record(out / "truth", record)
+    if duplicates:  # a second folder to check the duplicate thresholds on (issue #17)
+        record["truth_completion"] = complete_truth(out)
     return record
 
 
