@@ -279,6 +279,9 @@ def test_curate_writes_every_output_and_never_touches_data(fixture_bench, tmp_pa
         assert groups.get(copy["path"]) == groups.get(original)
     clean = pd.read_csv(tmp_path / "cur" / "clean.csv")
     assert {"class_weight", "sample_weight"} <= set(clean.columns) and summary["clean"] == len(clean)
+    manifest = pd.read_csv(tmp_path / "cur" / "manifest.csv")  # cleanvision-style score: >= 0.5 in a group
+    grouped = manifest["dup_group"] >= 0
+    assert (manifest.loc[grouped, "duplicate_score"] >= 0.5).all() and (manifest.loc[~grouped, "duplicate_score"] == 0).all()
     html = (tmp_path / "cur" / "report.html").read_text(encoding="utf-8")
     for section in ("classes", "properties", "colour", "embedding", "duplicates", "photos", "gallery", "problems"):
         assert f'id="{section}"' in html

@@ -98,11 +98,17 @@ class DuplicateCheck(Check):
         context.shared["duplicate_pairs"] = pairs
         with_labels = context.manifest[["class_folder"]].join(columns)
         columns["label_ambiguous"] = decide_label_conflicts(with_labels)
-        closest = pd.concat([pairs[["a", "residual"]].rename(columns={"a": "row"}),
-                             pairs[["b", "residual"]].rename(columns={"b": "row"})]).groupby("row")["residual"].min()
-        residual = closest.reindex(columns.index).to_numpy(float)
-        limit = max(context.settings.duplicates.max_residual, 1e-9)
-        columns["duplicate_score"] = np.where(np.isnan(residual), 0.0, np.clip(1 - residual / (2 * limit), 0, 1))
+        settings = context.settings.duplicates
+        # a pair's closeness to the decision: the larger of its global residual and its worst patch, each over
+        # its threshold (1 = on the threshold); a row's score follows its closest pair, 0.5 at the threshold
+        ratio = np.maximum(pairs["residual"].to_numpy(float) / max(settings.max_residual, 1e-9),
+                           pairs["worst_patch"].to_numpy(float) / max(settings.max_patch, 1e-9)
+                           if "worst_patch" in pairs else 0.0)
+        per_pair = pd.DataFrame({"a": pairs["a"], "b": pairs["b"], "ratio": ratio})
+        closest = pd.concat([per_pair[["a", "ratio"]].rename(columns={"a": "row"}),
+                             per_pair[["b", "ratio"]].rename(columns={"b": "row"})]).groupby("row")["ratio"].min()
+        nearest = closest.reindex(columns.index).to_numpy(float)
+        columns["duplicate_score"] = np.where(np.isnan(nearest), 0.0, np.clip(1 - nearest / 2, 0, 1))
         columns["is_duplicate"] = ~columns["dup_keep"].astype(bool) | columns["label_ambiguous"].astype(bool)
         return columns
 
