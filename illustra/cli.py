@@ -295,7 +295,8 @@ def _cmd_bench_holdout(args: argparse.Namespace) -> int:
 
     try:
         record = build_holdout(args.out, part=args.part, seed=args.seed, cache=args.cache, workers=args.workers,
-                               force=args.force, duplicates=args.duplicates)
+                               force=args.force, duplicates=args.duplicates, photos=args.photos,
+                               cutouts=args.cutouts)
     except MissingToolError as exc:
         print(f"illustra bench holdout: {exc}", file=sys.stderr)
         return 1
@@ -447,6 +448,8 @@ def build_parser() -> argparse.ArgumentParser:
     holdout.add_argument("--part", choices=["dev", "test"], default="dev",
                          help="dev may inform the detector's design; test is scored once (other icons and photos)")
     holdout.add_argument("--seed", type=int, default=0, help="seed of the assembly")
+    holdout.add_argument("--photos", type=float, help="share of photographs in the folder (default 0.12)")
+    holdout.add_argument("--cutouts", type=float, help="share of the photos cut out onto white (default 0.5)")
     holdout.add_argument("--duplicates", type=float, default=0.0,
                          help="share of injected duplicate copies, as in the benchmark (0.06), to check the duplicate "
                               "detector on unseen sources")

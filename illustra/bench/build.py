@@ -123,7 +123,7 @@ def build_benchmark(
 
 def build_holdout(
     out: str | Path, *, part: str = "dev", seed: int = 0, cache: str | Path | None = None, workers: int = 0,
-    force: bool = False, duplicates: float = 0.0,
+    force: bool = False, duplicates: float = 0.0, photos: float | None = None, cutouts: float | None = None,
 ) -> dict:
     """A folder from sources the benchmark never uses, to test that the photo detector generalises
     (and, with `duplicates` > 0, the duplicate detector: that share of injected copies, truth completed).
@@ -134,8 +134,10 @@ def build_holdout(
     half saved as PNG. No duplicates are added. Truth as in the benchmark (style `photo` or `photo-cutout`).
     """
     out = Path(out)
+    knobs = {"photo_fraction": photos, "cutout_fraction": cutouts}  # the photo robustness grid (issue #18)
+    knobs = {key: value for key, value in knobs.items() if value is not None}
     request = {"builder": BUILDER_VERSION, "seed": seed, "kind": "holdout", "part": part,
-               **({"duplicates": duplicates} if duplicates else {})}  # 0: the request (and reuse) as before
+               **({"duplicates": duplicates} if duplicates else {}), **knobs}  # defaults: the request as before
     if not force and (record := _already_built(out, request)):
         return {**record, "reused": True}
     cache = Path(cache) if cache else default_cache_dir()
@@ -146,7 +148,8 @@ def build_holdout(
     drawings = list_holdout_drawings(roots, part, folders, seed)
     require_renderers(drawings)
     scenes = list_holdout_scenes(roots, part)
-    options = AssemblyOptions(seed=seed, workers=workers, **{**HOLDOUT_OPTIONS, "duplicate_fraction": duplicates})
+    options = AssemblyOptions(seed=seed, workers=workers,
+                              **{**HOLDOUT_OPTIONS, "duplicate_fraction": duplicates, **knobs})
     counts = assemble(drawings, scenes, out, options, render, render_scene)
     record = {"request": request, "options": asdict(options), "packages": package_versions(cache, packages),
               "sources": len(drawings), "scenes": [s.key for s in scenes], **counts,
