@@ -41,6 +41,8 @@ import faiss
 import numpy as np
 from PIL import Image
 
+from illustra.bench.assemble import _write_csv
+
 RENDER = 64
 SEARCH = 16
 NEIGHBOURS = 10
@@ -129,16 +131,16 @@ def complete_truth(bench: str | Path) -> dict:
     measured, counts = source_pairs(bench / "training", paths)
     natural = [r for r in measured if r[5] and r[2] <= NATURAL_SHARE and r[3] <= NATURAL_MEAN and r[4] <= NATURAL_PATCH]
     groups = merge_groups(_read(injected), [(paths[i], paths[j]) for i, j, *_ in natural])
-    _write(truth / "duplicates.csv", ["path", "group", "transform"], groups)
+    _write_csv(truth / "duplicates.csv", ["path", "group", "transform"], groups)
     header = ["path_a", "path_b", "differing_share", "mean_difference", "worst_patch"]
     natural_rows = [[paths[i], paths[j], f"{s:.4f}", f"{m:.4f}", f"{w:.4f}"] for i, j, s, m, w, _ in natural]
-    _write(truth / "natural.csv", header, natural_rows)
+    _write_csv(truth / "natural.csv", header, natural_rows)
     group_of = {row[0]: row[1] for row in groups}
     near = [r for r in measured if r[5] and r[2] <= NEAR_MISS_SHARE
             and group_of.get(paths[r[0]], -1) != group_of.get(paths[r[1]], -2)]
     near_rows = [[paths[i], paths[j], f"{s:.4f}", f"{m:.4f}", f"{w:.4f}"]
                  for i, j, s, m, w, _ in sorted(near, key=lambda r: (r[2], r[3]))]
-    _write(truth / "near_miss.csv", header, near_rows)
+    _write_csv(truth / "near_miss.csv", header, near_rows)
     summary = {**counts, "criterion": CRITERION, "natural_pairs": len(natural_rows),
                "natural_files_added": sum(1 for row in groups if row[2] == "natural"),
                "groups": len({row[1] for row in groups}), "near_miss_pairs": len(near_rows)}
@@ -185,11 +187,3 @@ def _read(path: Path) -> list[dict]:
         return []
     with open(path, encoding="utf-8") as handle:
         return list(csv.DictReader(handle))
-
-
-def _write(path: Path, header: list[str], rows: list[list]) -> None:
-    """Byte-stable CSV with a header row and '\\n' line ends."""
-    with open(path, "w", encoding="utf-8", newline="") as handle:
-        writer = csv.writer(handle, lineterminator="\n")
-        writer.writerow(header)
-        writer.writerows(rows)
