@@ -174,6 +174,13 @@ def test_embeddings_are_normalised_aligned_and_reused(fixture_bench, tmp_path):
     assert np.allclose(np.linalg.norm(features[loaded], axis=1), 1, atol=1e-4)
     _, reused = embed_folder(data, path, out, work, CacheSpec(32))
     assert reused
+    # a second consumer of the same index and encoder (`curate` after `embed`) reuses them, bit for bit
+    _, reused = embed_folder(data, path, tmp_path / "curation" / "embeddings", work, CacheSpec(32))
+    assert reused and np.array_equal(np.load(tmp_path / "curation" / "embeddings" / "embeddings.npy"), features)
+    other = export_encoder(tmp_path / "f.safetensors", Encoder(EncoderConfig(width=8, stages=2, input_size=16)), TINY,
+                           PRE, {"note": "another encoder file"})
+    _, reused = embed_folder(data, other, tmp_path / "other", work, CacheSpec(32))
+    assert not reused  # another encoder is never served the first one's embeddings
 
 
 def test_parse_duration():

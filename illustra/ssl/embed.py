@@ -55,15 +55,29 @@ def _fingerprint(manifest: pd.DataFrame, encoder_path: Path) -> dict:
             "pixels": hashlib.blake2b(rows.encode(), digest_size=16).hexdigest()}
 
 
+def _matches(folder: Path, fingerprint: dict) -> bool:
+    info_path, array_path = folder / EMBEDDINGS_INFO, folder / EMBEDDINGS_FILE
+    return (info_path.exists() and array_path.exists()
+            and json.loads(info_path.read_text(encoding="utf-8")).get("fingerprint") == fingerprint)
+
+
 def embed_manifest(manifest: pd.DataFrame, pixels: np.ndarray, encoder_path: str | Path, out_dir: str | Path,
-                   device=None) -> tuple[np.ndarray, bool]:
-    """Embeddings for every manifest row (reused when encoder and pixels are unchanged); (array, reused)."""
+                   device=None, shared: str | Path | None = None) -> tuple[np.ndarray, bool]:
+    """Embeddings for every manifest row (reused when encoder and pixels are unchanged); (array, reused).
+
+    `shared` (the index's work folder) keeps the latest embeddings of that index too, so that `embed` and
+    `curate` on one index and encoder compute them once (`illustra run` does both).
+    """
     out_dir, encoder_path = Path(out_dir), Path(encoder_path)
     fingerprint = _fingerprint(manifest, encoder_path)
-    info_path, array_path = out_dir / EMBEDDINGS_INFO, out_dir / EMBEDDINGS_FILE
-    if info_path.exists() and array_path.exists():
-        if json.loads(info_path.read_text(encoding="utf-8")).get("fingerprint") == fingerprint:
-            return np.load(array_path), True
+    if _matches(out_dir, fingerprint):
+        return np.load(out_dir / EMBEDDINGS_FILE), True
+    cache = Path(shared) / "embeddings" if shared is not None else None
+    if cache is not None and _matches(cache, fingerprint) and cache.resolve() != out_dir.resolve():
+        out_dir.mkdir(parents=True, exist_ok=True)
+        features = np.load(cache / EMBEDDINGS_FILE)
+        _write(out_dir, features, fingerprint, json.loads((cache / EMBEDDINGS_INFO).read_text(encoding="utf-8")))
+        return features, True
     device = device or pick_device()
     encoder, meta = load_encoder(encoder_path, device)
     rows = manifest["cache_row"].to_numpy()
@@ -71,11 +85,19 @@ def embed_manifest(manifest: pd.DataFrame, pixels: np.ndarray, encoder_path: str
     features = np.zeros((len(manifest), encoder.feature_dim), np.float32)
     images = torch.from_numpy(np.ascontiguousarray(pixels[rows[loaded]]))
     features[loaded] = embed_tensor(encoder, images, meta["architecture"]["input_size"], device)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with open(array_path.with_suffix(".npy.tmp"), "wb") as handle:  # atomic: never half an array
-        np.save(handle, features)
-    os.replace(array_path.with_suffix(".npy.tmp"), array_path)
     info = {"fingerprint": fingerprint, "encoder_path": str(encoder_path), "dim": encoder.feature_dim,
             "note": "row i = manifest row i (ids and pixels checked by the fingerprint); zero rows: did not load"}
-    info_path.write_text(json.dumps(info, indent=2), encoding="utf-8")
+    _write(out_dir, features, fingerprint, info)
+    if cache is not None and cache.resolve() != out_dir.resolve():
+        _write(cache, features, fingerprint, info)
     return features, False
+
+
+def _write(folder: Path, features: np.ndarray, fingerprint: dict, info: dict) -> None:
+    """embeddings.npy (atomically: never half an array), then embeddings.json naming what it was made from."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / EMBEDDINGS_INFO).unlink(missing_ok=True)  # no moment where an old info vouches for a new array
+    with open(folder / EMBEDDINGS_FILE.replace(".npy", ".npy.tmp"), "wb") as handle:
+        np.save(handle, features)
+    os.replace(folder / EMBEDDINGS_FILE.replace(".npy", ".npy.tmp"), folder / EMBEDDINGS_FILE)
+    (folder / EMBEDDINGS_INFO).write_text(json.dumps({**info, "fingerprint": fingerprint}, indent=2), encoding="utf-8")

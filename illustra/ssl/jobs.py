@@ -71,7 +71,7 @@ def embed_folder(data: str | Path, encoder: str | Path, out: str | Path, work: s
                  spec: CacheSpec = CacheSpec()) -> tuple[pd.DataFrame, bool]:
     """Embed every manifest row; write OUT/embeddings.npy and OUT/manifest.csv with `embedding_row`."""
     manifest, pixels = indexed(data, work, spec)
-    features, reused = embed_manifest(manifest, pixels, encoder, out)
+    features, reused = embed_manifest(manifest, pixels, encoder, out, shared=work)
     manifest = manifest.assign(embedding_row=np.where(manifest["cache_row"] >= 0, np.arange(len(manifest)), -1))
     save_manifest(manifest, Path(out) / "manifest.csv")
     return manifest, reused
