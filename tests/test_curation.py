@@ -16,8 +16,10 @@ from illustra.curation.duplicates import DuplicateSettings, find_duplicates
 from illustra.curation.photos import (
     PhotoSettings,
     combine_views,
+    detect_photos,
     image_statistics,
     photo_index,
+    texture_labels,
     texture_share,
     texture_view_logits,
 )
@@ -235,6 +237,34 @@ def test_texture_view_learns_from_the_frame_view_and_calls_a_cut_out_it_missed()
     owner = np.concatenate([np.full(len(t), i) for i, t in enumerate(taken)])
     logits = texture_view_logits(frame_score, np.concatenate(taken), owner, PhotoSettings(texture_steps=150))
     assert logits[-2:].min() > 0 > logits[len(photos):-2].max(), logits.round(1)
+
+
+def test_texture_labels_never_teach_a_textured_foreground_as_a_drawing():
+    settings = PhotoSettings(foreground_negative_share=0.05)
+    frame = np.array([0.99, 0.01, 0.01, 0.01, 0.5, np.nan])
+    texture = np.array([0.30, 0.35, 0.00, 0.04, 0.00, 0.40])  # photo, cut-out, drawing, calm drawing, unsure, no frame
+    assert texture_labels(frame, texture, settings).tolist() == [1, -1, 0, 0, -1, -1]
+    assert texture_labels(frame, None, settings).tolist() == [1, 0, 0, 0, -1, -1]  # the frame view alone
+
+
+FILLS = ((250, 200, 40), (60, 140, 220), (200, 60, 60), (90, 200, 90), (150, 90, 200), (240, 140, 60))
+
+
+@pytest.mark.parametrize("full_frame, cut_outs, drawings", [(3, 9, 12), (8, 12, 6)],
+                         ids=["photos-mostly-cut-outs", "mostly-photos"])
+def test_detector_finds_every_photo_when_cut_outs_or_photos_dominate(full_frame, cut_outs, drawings):
+    """Issue #18: the texture view's labels must not depend on the mix (no frame-view call says 'cut-out')."""
+    drawn = [drawing(k, fill=c) for k in ("face", "house") for c in FILLS][:drawings]
+    drawn += [jpeg(d, 75) for d in drawn]
+    images = [photo(s) for s in range(full_frame)] + [photo_cut_out(20 + s, size=200) for s in range(cut_outs)] + drawn
+    truth = np.array([True] * (full_frame + cut_outs) + [False] * len(drawn))
+    settings = PhotoSettings(min_cluster_size=5, min_samples=2, texture_steps=150, min_confident=2)
+    stats = pd.DataFrame([image_statistics(image, settings) for image in images])
+    rng = np.random.default_rng(0)
+    taken = [foreground_patches(image, 32, 8, rng) for image in images]
+    owner = np.concatenate([np.full(len(t), i) for i, t in enumerate(taken)])
+    result = detect_photos(stats, None, settings, np.concatenate(taken), owner)
+    assert (result["is_photo"].to_numpy() == truth).all(), result.assign(truth=truth).round(2)
 
 
 def test_either_view_calls_a_photo_and_an_image_without_patches_keeps_its_frame_score():

@@ -66,6 +66,7 @@ class PhotoSettings:
     texture_passes: float  # ... but at most this many passes over the confident patches (small folders)
     texture_seconds: float  # time budget for that training
     texture_confidence: float  # frame scores above this / below 1 - this are its pseudo-labels
+    foreground_negative_share: float  # a drawing pseudo-label also needs texture_share at most this (1: frame alone)
     texture_threshold: float  # mean patch logit above which the texture view calls a photo
     texture_width: int  # channels of the texture CNN's first layer
     texture_batch: int  # patches per training step, half from each side
@@ -268,7 +269,7 @@ def detect_photos(stats: pd.DataFrame, embeddings: np.ndarray | None, settings: 
     out.loc[valid, "photo_cluster"] = labels
     if settings.texture_view and patches is not None and owner is not None and len(patches):
         out["patch_logit"] = texture_view_logits(out["frame_score"].to_numpy(), patches, owner, settings, progress,
-                                                 writer)
+                                                 writer, stats["texture_share"].to_numpy())
     out["photo_score"] = combine_views(out["frame_score"].to_numpy(), out["patch_logit"].to_numpy(), settings)
     out["is_photo"] = out["photo_score"].fillna(0) > settings.threshold
     return out
@@ -283,15 +284,33 @@ def texture_step_count(patches: int, settings: PhotoSettings) -> int:
     return max(min(settings.texture_steps, passes), min(50, settings.texture_steps))
 
 
-def texture_view_logits(frame_score: np.ndarray, patches: np.ndarray, owner: np.ndarray,
-                        settings: PhotoSettings = PhotoSettings(), progress=None, writer=None) -> np.ndarray:
-    """Mean patch logit per row from a TextureNet trained on the frame view's confident calls (NaN: no patch).
+def texture_labels(frame_score: np.ndarray, texture: np.ndarray | None, settings: PhotoSettings) -> np.ndarray:
+    """Per-image pseudo-label for the texture view: 1 photo, 0 drawing, -1 not used.
 
-    All NaN when either side has fewer than `min_confident` confident images with patches (nothing to learn from).
+    A photo: the frame view is confident. A drawing: the frame view is confident *and* the foreground is
+    calm (`texture_share`, measured inside the foreground, at most `foreground_negative_share`). Without the
+    second condition a folder whose photos are mostly cut-outs teaches its cut-outs as drawings, because
+    the frame view calls a cut-out on white a drawing (issue #18; measured in benchmarks/RESULTS.md).
+    Textured foregrounds are not taken as photo labels: shaded emoji have them too (measured there as well).
     """
     confidence = settings.texture_confidence
-    per_patch = frame_score[owner]
-    labels = np.where(per_patch > confidence, 1, np.where(per_patch < 1 - confidence, 0, -1))
+    frame = np.nan_to_num(np.asarray(frame_score, float), nan=0.5)
+    positive = frame > confidence
+    negative = frame < 1 - confidence
+    if texture is not None:
+        negative &= np.nan_to_num(np.asarray(texture, float), nan=0.0) <= settings.foreground_negative_share
+    return np.where(positive, 1, np.where(negative, 0, -1))
+
+
+def texture_view_logits(frame_score: np.ndarray, patches: np.ndarray, owner: np.ndarray,
+                        settings: PhotoSettings = PhotoSettings(), progress=None, writer=None,
+                        texture: np.ndarray | None = None) -> np.ndarray:
+    """Mean patch logit per row from a TextureNet trained on pseudo-labels (`texture_labels`; NaN: no patch).
+
+    `texture` is each row's `texture_share` (None: the frame view alone labels). All NaN when either side
+    has fewer than `min_confident` labelled images with patches (nothing to learn from).
+    """
+    labels = texture_labels(frame_score, texture, settings)[owner]
     if min(len(np.unique(owner[labels == 1])), len(np.unique(owner[labels == 0]))) < settings.min_confident:
         return np.full(len(frame_score), np.nan)
     train = labels >= 0

@@ -50,14 +50,17 @@ def section(anchor: str, title: str, body: str) -> str:
     return f'<section id="{anchor}"><h2>{html.escape(title)}</h2>{body}</section>'
 
 
-def _thumbs(manifest: pd.DataFrame, pixels: np.ndarray, rows, limit: int = 24, data: Path | None = None) -> str:
-    """Thumbnails (64 px) of manifest rows (by index), path as tooltip; a click opens the file when `data` is known."""
+def _thumbs(manifest: pd.DataFrame, pixels: np.ndarray, rows, limit: int = 24, data: Path | None = None,
+            why=None) -> str:
+    """Thumbnails (64 px) of manifest rows (by index), path (and `why(row)`) as tooltip; a click opens the file
+    when `data` is known."""
     rows = list(rows)[:limit]
     tags = []
     for r in rows:
         if manifest.at[r, "cache_row"] < 0:
             continue
-        tag = thumb_tag(pixels[manifest.at[r, "cache_row"]], manifest.at[r, "path"])
+        title = manifest.at[r, "path"] + (f" \u2014 {why(r)}" if why else "")
+        tag = thumb_tag(pixels[manifest.at[r, "cache_row"]], title)
         tags.append(f'<a href="{(data / manifest.at[r, "path"]).resolve().as_uri()}">{tag}</a>' if data else tag)
     return f'<div class="thumbs">{"".join(tags) or "<i>none</i>"}</div>'
 
@@ -189,30 +192,69 @@ def _group_evidence(manifest: pd.DataFrame, pairs: pd.DataFrame) -> dict[int, st
     return out
 
 
-def photos_section(manifest: pd.DataFrame, pixels: np.ndarray) -> str:
-    """Score histogram, clusters with samples, most / least photo-like and borderline images."""
+def _photo_evidence(manifest: pd.DataFrame):
+    """Tooltip text: each view's evidence for one row."""
+    def why(r) -> str:
+        parts = [f"photo_score {manifest.at[r, 'photo_score']:.2f}"]
+        if pd.notna(manifest.at[r, "frame_score"]):
+            parts.append(f"frame view {manifest.at[r, 'frame_score']:.2f}")
+        if pd.notna(manifest.at[r, "patch_logit"]):
+            parts.append(f"texture view {manifest.at[r, 'patch_logit']:+.1f}")
+        if "texture_share" in manifest and pd.notna(manifest.at[r, "texture_share"]):
+            parts.append(f"textured foreground {manifest.at[r, 'texture_share']:.0%}")
+        return ", ".join(parts)
+    return why
+
+
+def photos_section(manifest: pd.DataFrame, pixels: np.ndarray, threshold: float = 0.0) -> str:
+    """Why each image was called a photo: both views side by side, the texture view's fixed boundary, samples."""
     scored = manifest[manifest["photo_score"].notna()]
     if scored.empty:
         return section("photos", "Photos", "<p>photo detection was not run</p>")
-    fig, ax = plt.subplots(figsize=(7, 2.8))
-    ax.hist(scored["photo_score"], bins=50, log=True)
-    ax.set(title="photo_score (0 = drawing, 1 = photograph)", xlabel="photo_score")
+    flagged = scored["is_photo"].astype(bool)
+    frame_call = scored["frame_score"].fillna(0) > 0.5
+    texture_call = scored["patch_logit"].fillna(-np.inf) > threshold
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.4))
+    axes[0].hist(scored["photo_score"], bins=50, log=True)
+    axes[0].set(title="photo_score (0 = drawing, 1 = photograph)", xlabel="photo_score", ylabel="images")
+    has_patch = scored["patch_logit"].notna()
+    for called, colour, label in ((False, "#999", "kept (drawing)"), (True, "tab:red", "called a photo")):
+        part = scored[has_patch & (flagged == called)]
+        axes[1].scatter(part["frame_score"], part["patch_logit"], s=5, c=colour, label=f"{label}: {len(part)}")
+    axes[1].axvline(0.5, color="k", lw=0.8, ls=":")
+    axes[1].axhline(threshold, color="k", lw=0.8, ls="--")
+    axes[1].set(title="each view's evidence (images with foreground patches)", xlabel="frame view score",
+                ylabel="texture view: mean patch logit")
+    axes[1].legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
     order = scored.sort_values("photo_score")
     border = scored.iloc[(scored["photo_score"] - 0.5).abs().argsort()[:24]].index
     clusters = []
     for cluster, members in scored[scored["photo_cluster"] >= 0].groupby("photo_cluster"):
         clusters.append(f"<div>cluster {cluster}: {len(members)} images, mean score "
                         f"{members['photo_score'].mean():.2f}{_thumbs(manifest, pixels, members.index, 12)}</div>")
-    frame_only = scored["frame_score"].fillna(0) > 0.5 if "frame_score" in scored else scored["is_photo"]
-    texture_only = scored[scored["is_photo"].astype(bool) & ~frame_only]
-    body = (f"<p>{int(scored['is_photo'].sum())} images flagged as photographs (dropped from the cleaned set): "
-            f"{int(frame_only.sum())} by the frame view (statistics + embedding), {len(texture_only)} more by the "
-            f"texture view (patch CNN on the foreground; it sees photos cut out onto white).</p>"
-            f"{figure_tag(fig)}<h4>most photo-like</h4>{_thumbs(manifest, pixels, order.index[::-1])}"
+    why = _photo_evidence(manifest)
+    both, frame_only, texture_only = (flagged & frame_call & texture_call, flagged & frame_call & ~texture_call,
+                                      flagged & ~frame_call & texture_call)
+    body = (f"<p>{int(flagged.sum())} images called photographs (dropped from the cleaned set): "
+            f"{int(both.sum())} by both views, {int(frame_only.sum())} by the frame view alone, "
+            f"{int(texture_only.sum())} by the texture view alone. Hover over a thumbnail for its evidence.</p>"
+            "<p><b>Frame view</b>: statistics of the whole picture (fills the frame, soft edges, few sharp edges, "
+            "textured foreground) in a Gaussian mixture, averaged over HDBSCAN clusters, refined with the SSL "
+            "embedding; it calls a photo above 0.5. <b>Texture view</b>: a small CNN trained on this folder's "
+            "foreground patches only, so a photo cut out onto white looks to it like a full-frame one. Its "
+            "examples are chosen without labels: photos are images the frame view is sure of; drawings are "
+            "images the frame view is sure of <i>and</i> whose foreground is calm, so a cut-out the frame view "
+            "mistakes for a drawing is never taught as one. It trains on equal numbers of both in every batch, "
+            "so its boundary (dashed line, mean "
+            f"patch logit {threshold:+.1f}) does not move with the share of photos in the folder.</p>"
+            f"{figure_tag(fig)}<h4>most photo-like</h4>{_thumbs(manifest, pixels, order.index[::-1], why=why)}"
             f"<h4>called by the texture view only (most confident first)</h4>"
-            f"{_thumbs(manifest, pixels, texture_only.sort_values('patch_logit', ascending=False).index)}"
-            f"<h4>least photo-like</h4>{_thumbs(manifest, pixels, order.index)}"
-            f"<h4>borderline (score near 0.5)</h4>{_thumbs(manifest, pixels, border)}"
+            f"{_thumbs(manifest, pixels, scored[texture_only].sort_values('patch_logit', ascending=False).index, why=why)}"
+            f"<h4>called by the frame view only</h4>"
+            f"{_thumbs(manifest, pixels, scored[frame_only].sort_values('frame_score', ascending=False).index, why=why)}"
+            f"<h4>least photo-like</h4>{_thumbs(manifest, pixels, order.index, why=why)}"
+            f"<h4>borderline (score near 0.5)</h4>{_thumbs(manifest, pixels, border, why=why)}"
             f"<h4>HDBSCAN clusters</h4>{''.join(clusters)}")
     return section("photos", "Photos", body)
 
@@ -252,8 +294,10 @@ def _overview(summary: dict) -> str:
 
 
 def write_report(path: str | Path, manifest: pd.DataFrame, pixels: np.ndarray, embeddings: np.ndarray,
-                 pairs: pd.DataFrame, classes: list[str], summary: dict, data: str | Path | None = None) -> Path:
-    """Write the self-contained report.html of a curation run (`data`: the folder, so thumbnails open the file)."""
+                 pairs: pd.DataFrame, classes: list[str], summary: dict, data: str | Path | None = None,
+                 texture_threshold: float = 0.0) -> Path:
+    """Write the self-contained report.html of a curation run (`data`: the folder, so thumbnails open the file;
+    `texture_threshold`: the photo texture view's boundary, drawn in its plot)."""
     sections = [
         section("overview", "Overview", _overview(summary)),
         class_section(manifest, classes, summary),
@@ -261,7 +305,7 @@ def write_report(path: str | Path, manifest: pd.DataFrame, pixels: np.ndarray, e
         colour_section(manifest, pixels, classes),
         embedding_section(manifest, embeddings),
         duplicates_section(manifest, pixels, pairs, summary, Path(data) if data else None),
-        photos_section(manifest, pixels),
+        photos_section(manifest, pixels, texture_threshold),
         gallery_section(manifest, pixels, classes),
         problems_section(manifest),
     ]

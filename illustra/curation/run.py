@@ -84,7 +84,8 @@ def curate(data: str | Path, out: str | Path, work: str | Path, encoder: str | P
         from illustra.curation.report import write_report
 
         step = time.perf_counter()
-        write_report(out / "report.html", manifest, pixels, embeddings, pairs, classes, summary, data)
+        write_report(out / "report.html", manifest, pixels, embeddings, pairs, classes, summary, data,
+                     settings.photos.texture_threshold)
         summary["seconds"]["report"] = round(time.perf_counter() - step, 1)
     return summary
 

@@ -1,0 +1,239 @@
+"""Photo robustness grid (issue #18): photo share x cut-out share, dev and test parts, ours vs two label-free anchors.
+
+    python benchmarks/photo_grid.py build   --root work/photo_grid [--parts dev test]
+    python benchmarks/photo_grid.py prepare --root work/photo_grid --encoder checkpoints/encoder.safetensors
+    python benchmarks/photo_grid.py score   --root work/photo_grid --parts dev [--cells p50_c90 ...] [--set KEY=VALUE ...]
+    python benchmarks/photo_grid.py score   --bench work/bench --work work/index --embeddings work/embeddings
+    python benchmarks/photo_grid.py rules   --dump DIR   (after score --dump DIR: the views' combination rule)
+
+`build` makes one holdout folder per cell (`illustra bench holdout --photos P --cutouts C`): drawings of
+icon styles the benchmark never uses, photos from OpenCV's sample pictures, P of the files photos and C
+of those cut out onto white. `prepare` indexes and embeds each (the shipped encoder) and caches the photo
+evidence (one decode per file). `score` runs the photo detector (configs/curation.yaml `photos:`, with
+--set overrides) on every cell and prints P / R / F1 / ROC-AUC and the share of drawings flagged, beside:
+
+- colour-map GMM: a two-component Gaussian mixture on three statistics of the 64 px cache (log count of
+  distinct colours at 5 bits per channel, share of the 8 most common colours, share of neighbouring pixel
+  pairs that differ); the component with more colours is 'photo';
+- IsolationForest on 4x4x4 colour histograms of the 64 px cache (benchmarks/photos.py's baseline).
+
+Design choices are made on the dev cells; the test cells are scored once. Results: --csv FILE.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+from sklearn.ensemble import IsolationForest
+from sklearn.metrics import f1_score, precision_score, recall_score, roc_auc_score
+from sklearn.mixture import GaussianMixture
+
+from illustra.curation.photos import PhotoSettings, detect_photos, evidence_cache_path, photo_evidence
+from illustra.data.cache import CacheSpec, open_pixels
+from illustra.data.manifest import load_manifest
+from illustra.data.workspace import read_index_info
+
+PHOTO_SHARES = (0.01, 0.07, 0.25, 0.50)
+CUTOUT_SHARES = (0.0, 0.5, 0.9)
+
+
+def cell_name(part: str, photos: float, cutouts: float) -> str:
+    return f"{part}_p{round(photos * 100):02d}_c{round(cutouts * 100):02d}"
+
+
+def cells(parts: list[str], only: list[str] | None) -> list[tuple[str, float, float]]:
+    grid = [(part, p, c) for part in parts for p in PHOTO_SHARES for c in CUTOUT_SHARES]
+    return [cell for cell in grid if not only or cell_name(*cell).split("_", 1)[1] in only or cell_name(*cell) in only]
+
+
+def build(root: Path, grid: list[tuple[str, float, float]], workers: int) -> None:
+    from illustra.bench.build import build_holdout
+
+    for part, photos, cutouts in grid:
+        record = build_holdout(root / cell_name(part, photos, cutouts), part=part, photos=photos, cutouts=cutouts,
+                               workers=workers)
+        print(f"{cell_name(part, photos, cutouts)}: {record.get('files')} files, {record.get('photos')} photos"
+              f"{' (reused)' if record.get('reused') else ''}", flush=True)
+
+
+def prepare(root: Path, grid: list[tuple[str, float, float]], encoder: str) -> None:
+    for cell in grid:
+        folder = root / cell_name(*cell)
+        for argv in (["scan", str(folder / "training"), "--out", str(folder / "index")],
+                     ["embed", "--data", str(folder / "training"), "--encoder", encoder,
+                      "--out", str(folder / "embeddings"), "--work", str(folder / "index")]):
+            subprocess.run(["illustra", *argv], check=True, stdout=subprocess.DEVNULL)
+        manifest = load_manifest(folder / "embeddings" / "manifest.csv")
+        evidence_for(folder / "training", folder / "index", manifest, PhotoSettings())
+        print(f"{folder.name}: prepared ({len(manifest)} rows)", flush=True)
+
+
+def evidence_for(data: Path, work: Path, manifest: pd.DataFrame, settings: PhotoSettings):
+    fingerprint = read_index_info(work).get("fingerprint", "")
+    return photo_evidence(data, manifest, settings, cache=evidence_cache_path(work, fingerprint, settings))
+
+
+def colour_map_features(pixels: np.ndarray) -> np.ndarray:
+    """(N, 3): log distinct colours, share of the 8 commonest colours, share of differing neighbours (64 px cache)."""
+    images = np.asarray(pixels) // 8
+    codes = (images[..., 0].astype(np.int32) * 1024 + images[..., 1] * 32 + images[..., 2])
+    out = np.zeros((len(codes), 3))
+    for i, code in enumerate(codes):
+        _, counts = np.unique(code, return_counts=True)
+        out[i, 0] = np.log(len(counts))
+        out[i, 1] = np.sort(counts)[-8:].sum() / code.size
+        out[i, 2] = ((code[:, 1:] != code[:, :-1]).mean() + (code[1:, :] != code[:-1, :]).mean()) / 2
+    return out
+
+
+def colour_map_gmm(pixels: np.ndarray) -> np.ndarray:
+    """The anchor: posterior of the many-colour component of a 2-component GMM on colour_map_features."""
+    features = colour_map_features(pixels)
+    features = (features - features.mean(0)) / (features.std(0) + 1e-9)
+    mixture = GaussianMixture(2, random_state=0, n_init=3).fit(features)
+    return mixture.predict_proba(features)[:, int(np.argmax(mixture.means_[:, 0]))]
+
+
+def isolation_forest(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    images = np.asarray(pixels) // 64
+    codes = (images[..., 0] * 16 + images[..., 1] * 4 + images[..., 2]).reshape(len(images), -1).astype(np.int64)
+    hist = np.stack([np.bincount(c, minlength=64) for c in codes]) / codes.shape[1]
+    forest = IsolationForest(random_state=0).fit(hist)
+    return forest.predict(hist) < 0, -forest.score_samples(hist)
+
+
+def scores(truth: np.ndarray, called: np.ndarray, score: np.ndarray) -> dict:
+    drawings = ~truth
+    return {"P": precision_score(truth, called, zero_division=0), "R": recall_score(truth, called, zero_division=0),
+            "F1": f1_score(truth, called, zero_division=0),
+            "AUC": roc_auc_score(truth, score) if 0 < truth.sum() < len(truth) else np.nan,
+            "FP_rate": called[drawings].mean() if drawings.any() else np.nan}
+
+
+def score_folder(name: str, data: Path, work: Path, embeddings_dir: Path, truth_dir: Path,
+                 settings: PhotoSettings, anchors: bool, dump: Path | None = None) -> list[dict]:
+    manifest = load_manifest(embeddings_dir / "manifest.csv")
+    embeddings = np.load(embeddings_dir / "embeddings.npy")
+    evidence = evidence_for(data, work, manifest, settings)
+    truth = manifest["path"].isin(set(pd.read_csv(truth_dir / "photos.csv")["path"])).to_numpy()
+    started = time.perf_counter()
+    result = detect_photos(evidence.stats, embeddings, settings, evidence.patches, evidence.owner)
+    seconds = time.perf_counter() - started
+    valid = result["photo_score"].notna().to_numpy()
+    if dump is not None:  # per image: each view's output and the truth, to study decision rules without retraining
+        dump.mkdir(parents=True, exist_ok=True)
+        styles = pd.read_csv(truth_dir / "sources.csv").set_index("path")["style"]
+        result.assign(path=manifest["path"].to_numpy(), truth=truth, style=manifest["path"].map(styles).to_numpy(),
+                      texture_share=evidence.stats["texture_share"].to_numpy()).to_csv(dump / f"{name}.csv", index=False)
+    rows = [{"cell": name, "method": "ours", "images": int(valid.sum()), "photos": int(truth[valid].sum()),
+             **scores(truth[valid], result["is_photo"].to_numpy()[valid], result["photo_score"].to_numpy()[valid]),
+             "seconds": round(seconds, 1)}]
+    frame = result["frame_score"].to_numpy()[valid]
+    rows.append({"cell": name, "method": "  frame view", **scores(truth[valid], frame > 0.5, frame)})
+    if result["patch_logit"].notna().any():
+        patch = result["patch_logit"].fillna(-99).to_numpy()
+        called = result["texture_call"].to_numpy(bool) if "texture_call" in result else patch > settings.texture_threshold
+        rows.append({"cell": name, "method": "  texture view", **scores(truth[valid], called[valid], patch[valid])})
+    if anchors:
+        pixels = open_pixels(work, CacheSpec())[manifest["cache_row"].to_numpy()[valid]]
+        gmm = colour_map_gmm(pixels)
+        rows.append({"cell": name, "method": "colour-map GMM", **scores(truth[valid], gmm > 0.5, gmm)})
+        called, score = isolation_forest(pixels)
+        rows.append({"cell": name, "method": "IsolationForest", **scores(truth[valid], called, score)})
+    return rows
+
+
+def decision_rules(dump: Path) -> pd.DataFrame:
+    """Each combination rule of the two views, scored on every dumped folder (no retraining: the views are fixed).
+
+    `frame > f or (logit > t and texture_share >= g)`: f is the frame view's threshold, t moves the texture
+    view's boundary, g asks the texture view's call for some measured foreground texture as well.
+    """
+    rows = []
+    for path in sorted(dump.glob("*.csv")):
+        table = pd.read_csv(path)
+        table = table[table["photo_score"].notna()]
+        truth = table["truth"].to_numpy(bool)
+        frame = table["frame_score"].fillna(0).to_numpy()
+        logit = table["patch_logit"].fillna(-np.inf).to_numpy()
+        share = table["texture_share"].fillna(0).to_numpy()
+        for f in (0.5, 0.7, 0.9, 0.97):
+            for t in (0.0, 1.0, 2.0, 3.0, 4.0, 6.0):
+                for g in (0.0, 0.02, 0.05):
+                    called = (frame > f) | ((logit > t) & (share >= g))
+                    rows.append({"folder": path.stem, "f": f, "t": t, "g": g,
+                                 **scores(truth, called, np.where(called, 1, 0))})
+    return pd.DataFrame(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("command", choices=["build", "prepare", "score", "rules"])
+    parser.add_argument("--root", type=Path, default=Path("work/photo_grid"))
+    parser.add_argument("--parts", nargs="+", default=["dev"], choices=["dev", "test"])
+    parser.add_argument("--cells", nargs="*", help="only these cells, e.g. p50_c90 or dev_p50_c90")
+    parser.add_argument("--encoder", default="checkpoints/encoder.safetensors")
+    parser.add_argument("--workers", type=int, default=0)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="photo settings override")
+    parser.add_argument("--no-anchors", action="store_true", help="skip the two anchors (faster design loops)")
+    parser.add_argument("--bench", type=Path, help="score a benchmark folder (BENCH/training, BENCH/truth) instead")
+    parser.add_argument("--work", type=Path, help="with --bench: its index folder")
+    parser.add_argument("--embeddings", type=Path, help="with --bench: its embeddings folder")
+    parser.add_argument("--csv", type=Path, help="append the result rows to this CSV")
+    parser.add_argument("--dump", type=Path, help="write each folder's per-image outputs here (CELL.csv)")
+    args = parser.parse_args(argv)
+    grid = cells(args.parts, args.cells)
+    if args.command == "build":
+        build(args.root, grid, args.workers)
+        return 0
+    if args.command == "rules":  # study the combination rule on dumped dev folders
+        table = decision_rules(args.dump)
+        summary = table.groupby(["f", "t", "g"]).agg(min_F1=("F1", "min"), mean_F1=("F1", "mean"),
+                                                 max_FP=("FP_rate", "max"), mean_FP=("FP_rate", "mean"))
+        print(summary.sort_values("min_F1", ascending=False).head(25).round(4).to_string())
+        best = summary["min_F1"].idxmax()
+        print(f"best by the smallest F1 over the folders: f={best[0]} t={best[1]} g={best[2]}")
+        chosen = table[(table["f"] == best[0]) & (table["t"] == best[1]) & (table["g"] == best[2])]
+        print(chosen.round(3).to_string(index=False))
+        return 0
+    if args.command == "prepare":
+        prepare(args.root, grid, args.encoder)
+        return 0
+    settings = PhotoSettings()
+    for item in args.set:
+        key, value = item.split("=", 1)
+        settings = replace(settings, **{key: yaml.safe_load(value)})
+    rows = []
+    targets = ([("bench", args.bench / "training", args.work, args.embeddings, args.bench / "truth")] if args.bench else
+               [(cell_name(*c), args.root / cell_name(*c) / "training", args.root / cell_name(*c) / "index",
+                 args.root / cell_name(*c) / "embeddings", args.root / cell_name(*c) / "truth") for c in grid])
+    for name, data, work, embeddings_dir, truth_dir in targets:
+        cell_rows = score_folder(name, data, work, embeddings_dir, truth_dir, settings, not args.no_anchors,
+                                 args.dump)
+        for row in cell_rows:
+            print(f"{row['cell']:<14} {row['method']:<16} P {row['P']:.3f} R {row['R']:.3f} F1 {row['F1']:.3f} "
+                  f"AUC {row['AUC']:.3f} FP {row['FP_rate']:.4f}"
+                  + (f"  ({row['images']} images, {row['photos']} photos, {row['seconds']} s)" if "images" in row else ""),
+                  flush=True)
+        rows += cell_rows
+    table = pd.DataFrame(rows).assign(settings=json.dumps(args.set))
+    ours = table[table["method"] == "ours"]
+    print(f"ours: min F1 {ours['F1'].min():.3f}, mean F1 {ours['F1'].mean():.3f}, "
+          f"max FP rate {ours['FP_rate'].max():.4f} over {len(ours)} folders")
+    if args.csv:
+        table.to_csv(args.csv, mode="a", header=not args.csv.exists(), index=False)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
