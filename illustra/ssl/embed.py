@@ -74,7 +74,6 @@ def embed_manifest(manifest: pd.DataFrame, pixels: np.ndarray, encoder_path: str
         return np.load(out_dir / EMBEDDINGS_FILE), True
     cache = Path(shared) / "embeddings" if shared is not None else None
     if cache is not None and _matches(cache, fingerprint) and cache.resolve() != out_dir.resolve():
-        out_dir.mkdir(parents=True, exist_ok=True)
         features = np.load(cache / EMBEDDINGS_FILE)
         _write(out_dir, features, fingerprint, json.loads((cache / EMBEDDINGS_INFO).read_text(encoding="utf-8")))
         return features, True
@@ -97,7 +96,8 @@ def _write(folder: Path, features: np.ndarray, fingerprint: dict, info: dict) ->
     """embeddings.npy (atomically: never half an array), then embeddings.json naming what it was made from."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / EMBEDDINGS_INFO).unlink(missing_ok=True)  # no moment where an old info vouches for a new array
-    with open(folder / EMBEDDINGS_FILE.replace(".npy", ".npy.tmp"), "wb") as handle:
+    partial = folder / f"{EMBEDDINGS_FILE}.tmp"
+    with open(partial, "wb") as handle:
         np.save(handle, features)
-    os.replace(folder / EMBEDDINGS_FILE.replace(".npy", ".npy.tmp"), folder / EMBEDDINGS_FILE)
+    os.replace(partial, folder / EMBEDDINGS_FILE)
     (folder / EMBEDDINGS_INFO).write_text(json.dumps({**info, "fingerprint": fingerprint}, indent=2), encoding="utf-8")
