@@ -42,6 +42,9 @@ from illustra.data.cache import CacheSpec, open_pixels
 from illustra.data.manifest import load_manifest
 from illustra.data.workspace import read_index_info
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from photos import colour_histograms  # noqa: E402  benchmarks/photos.py: the same anchor, one definition
+
 PHOTO_SHARES = (0.01, 0.07, 0.25, 0.50)
 CUTOUT_SHARES = (0.0, 0.5, 0.9)
 
@@ -104,9 +107,8 @@ def colour_map_gmm(pixels: np.ndarray) -> np.ndarray:
 
 
 def isolation_forest(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    images = np.asarray(pixels) // 64
-    codes = (images[..., 0] * 16 + images[..., 1] * 4 + images[..., 2]).reshape(len(images), -1).astype(np.int64)
-    hist = np.stack([np.bincount(c, minlength=64) for c in codes]) / codes.shape[1]
+    """The second anchor: benchmarks/photos.py's IsolationForest on 4x4x4 colour histograms (calls, scores)."""
+    hist = colour_histograms(pixels, np.arange(len(pixels)))
     forest = IsolationForest(random_state=0).fit(hist)
     return forest.predict(hist) < 0, -forest.score_samples(hist)
 
@@ -141,7 +143,7 @@ def score_folder(name: str, data: Path, work: Path, embeddings_dir: Path, truth_
     rows.append({"cell": name, "method": "  frame view", **scores(truth[valid], frame > 0.5, frame)})
     if result["patch_logit"].notna().any():
         patch = result["patch_logit"].fillna(-99).to_numpy()
-        called = result["texture_call"].to_numpy(bool) if "texture_call" in result else patch > settings.texture_threshold
+        called = patch > settings.texture_threshold
         rows.append({"cell": name, "method": "  texture view", **scores(truth[valid], called[valid], patch[valid])})
     if anchors:
         pixels = open_pixels(work, CacheSpec())[manifest["cache_row"].to_numpy()[valid]]
