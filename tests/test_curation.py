@@ -247,6 +247,15 @@ def test_texture_labels_never_teach_a_textured_foreground_as_a_drawing():
     assert texture_labels(frame, None, settings).tolist() == [1, 0, 0, 0, -1, -1]  # the frame view alone
 
 
+def test_co_training_labels_add_confident_texture_calls_and_need_agreement_for_drawings():
+    settings = PhotoSettings(foreground_negative_share=0.05, texture_round_logit=4.0)
+    frame = np.array([0.99, 0.01, 0.01, 0.01, 0.01, 0.5])
+    texture = np.array([0.30, 0.20, 0.00, 0.01, 0.00, 0.40])
+    logit = np.array([9.0, 6.0, -8.0, 1.0, np.nan, 5.0])  # photo, photo the frame missed, drawing, unsure, no patch, unsure frame
+    assert texture_labels(frame, texture, settings).tolist() == [1, -1, 0, 0, 0, -1]
+    assert texture_labels(frame, texture, settings, logit).tolist() == [1, 1, 0, -1, 0, 1]  # no patch: the frame view's label
+
+
 FILLS = ((250, 200, 40), (60, 140, 220), (200, 60, 60), (90, 200, 90), (150, 90, 200), (240, 140, 60))
 
 

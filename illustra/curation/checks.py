@@ -129,7 +129,7 @@ class PhotoCheck(Check):
             cache = evidence_cache_path(context.work, fingerprint, settings) if fingerprint else None
             evidence = photo_evidence(context.data, context.manifest, settings, bar, cache=cache)
         writer = tensorboard_writer(context.out) if settings.texture_view else None
-        upper = texture_step_count(len(evidence.patches), settings)  # confident patches only: may end sooner
+        upper = texture_step_count(len(evidence.patches), settings) * max(1, settings.texture_rounds)  # may end sooner
         with tqdm(total=upper, desc="texture view", unit="step", leave=False) as bar:
             columns = detect_photos(evidence.stats, context.embeddings, settings, evidence.patches, evidence.owner,
                                     bar, writer)

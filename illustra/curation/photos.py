@@ -66,6 +66,8 @@ class PhotoSettings:
     texture_passes: float  # ... but at most this many passes over the confident patches (small folders)
     texture_seconds: float  # time budget for that training
     texture_confidence: float  # frame scores above this / below 1 - this are its pseudo-labels
+    texture_rounds: int  # co-training: later rounds also learn from the previous round's confident texture calls
+    texture_round_logit: float  # ... a mean patch logit above this is a photo label, below minus this a drawing label
     foreground_negative_share: float  # a drawing pseudo-label also needs texture_share at most this (1: frame alone)
     texture_threshold: float  # mean patch logit above which the texture view calls a photo
     texture_width: int  # channels of the texture CNN's first layer
@@ -284,7 +286,8 @@ def texture_step_count(patches: int, settings: PhotoSettings) -> int:
     return max(min(settings.texture_steps, passes), min(50, settings.texture_steps))
 
 
-def texture_labels(frame_score: np.ndarray, texture: np.ndarray | None, settings: PhotoSettings) -> np.ndarray:
+def texture_labels(frame_score: np.ndarray, texture: np.ndarray | None, settings: PhotoSettings,
+                   patch_logit: np.ndarray | None = None) -> np.ndarray:
     """Per-image pseudo-label for the texture view: 1 photo, 0 drawing, -1 not used.
 
     A photo: the frame view is confident. A drawing: the frame view is confident *and* the foreground is
@@ -292,6 +295,12 @@ def texture_labels(frame_score: np.ndarray, texture: np.ndarray | None, settings
     second condition a folder whose photos are mostly cut-outs teaches its cut-outs as drawings, because
     the frame view calls a cut-out on white a drawing (issue #18; measured in benchmarks/RESULTS.md).
     Textured foregrounds are not taken as photo labels: shaded emoji have them too (measured there as well).
+
+    Co-training (`patch_logit`, the previous texture round's mean logits): a confident texture call
+    (|logit| > `texture_round_logit`) is a label too, so photos that the frame view misses (a folder
+    where photos are common: its mixture's photo component holds only the most photo-like few) are
+    learnt from; a drawing label then also needs the texture view's agreement (a row without patches
+    keeps the frame view's label).
     """
     confidence = settings.texture_confidence
     frame = np.nan_to_num(np.asarray(frame_score, float), nan=0.5)
@@ -299,6 +308,11 @@ def texture_labels(frame_score: np.ndarray, texture: np.ndarray | None, settings
     negative = frame < 1 - confidence
     if texture is not None:
         negative &= np.nan_to_num(np.asarray(texture, float), nan=0.0) <= settings.foreground_negative_share
+    if patch_logit is not None:
+        logit = np.asarray(patch_logit, float)
+        positive |= np.nan_to_num(logit, nan=-np.inf) > settings.texture_round_logit
+        negative &= np.nan_to_num(logit, nan=-np.inf) < -settings.texture_round_logit
+        negative &= ~positive
     return np.where(positive, 1, np.where(negative, 0, -1))
 
 
@@ -308,17 +322,23 @@ def texture_view_logits(frame_score: np.ndarray, patches: np.ndarray, owner: np.
     """Mean patch logit per row from a TextureNet trained on pseudo-labels (`texture_labels`; NaN: no patch).
 
     `texture` is each row's `texture_share` (None: the frame view alone labels). All NaN when either side
-    has fewer than `min_confident` labelled images with patches (nothing to learn from).
+    has fewer than `min_confident` labelled images with patches (nothing to learn from). With
+    `texture_rounds` > 1, each later round trains a new net on labels that include the previous round's
+    confident calls (co-training); a round with too few labels keeps the previous round's logits.
     """
-    labels = texture_labels(frame_score, texture, settings)[owner]
-    if min(len(np.unique(owner[labels == 1])), len(np.unique(owner[labels == 0]))) < settings.min_confident:
-        return np.full(len(frame_score), np.nan)
-    train = labels >= 0
-    model = fit_texture_net(patches[train], labels[train], steps=texture_step_count(int(train.sum()), settings),
-                            batch=settings.texture_batch,
-                            learning_rate=settings.texture_lr, seconds=settings.texture_seconds, seed=settings.seed,
-                            progress=progress, writer=writer, width=settings.texture_width)
-    return image_means(owner, patch_logits(model, patches), len(frame_score))
+    logits = np.full(len(frame_score), np.nan)
+    for round_ in range(max(1, settings.texture_rounds)):
+        labels = texture_labels(frame_score, texture, settings, logits if round_ else None)[owner]
+        if min(len(np.unique(owner[labels == 1])), len(np.unique(owner[labels == 0]))) < settings.min_confident:
+            break
+        train = labels >= 0
+        model = fit_texture_net(patches[train], labels[train],
+                                steps=texture_step_count(int(train.sum()), settings), batch=settings.texture_batch,
+                                learning_rate=settings.texture_lr, seconds=settings.texture_seconds,
+                                seed=settings.seed + round_, progress=progress, writer=writer,
+                                width=settings.texture_width)
+        logits = image_means(owner, patch_logits(model, patches), len(frame_score))
+    return logits
 
 
 def combine_views(frame_score: np.ndarray, patch_logit: np.ndarray, settings: PhotoSettings = PhotoSettings()) -> np.ndarray:
