@@ -599,7 +599,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return int(args.run(args) or 0)
-    except UserError as exc:  # bad input or a stale artefact: one sentence, no traceback
+    except (UserError, FileNotFoundError) as exc:  # bad input, a missing path or a stale artefact: one sentence
         print(f"illustra {args.command}: {exc}", file=sys.stderr)
         return 2
 

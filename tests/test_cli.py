@@ -72,6 +72,9 @@ def test_user_errors_are_one_sentence_and_exit_2(fixture_bench, tmp_path, capsys
                  "--work", str(tmp_path / "w")]) == 2
     err = capsys.readouterr().err
     assert "no readable image" in err and "Traceback" not in err
+    assert main(["curate", str(tmp_path / "no_such_folder"), "--out", str(tmp_path / "cur2"), "--encoder",
+                 str(encoder), "--work", str(tmp_path / "w2")]) == 2  # a mistyped folder: a sentence, not a traceback
+    assert "data folder not found" in capsys.readouterr().err
 
 
 def test_evaluate_on_a_folder_with_some_classes_says_what_the_macro_average_is_over(tmp_path, capsys):
