@@ -15,6 +15,7 @@ from illustra.bench.assemble import cut_out
 from illustra.curation.duplicates import DuplicateSettings, find_duplicates
 from illustra.curation.photos import (
     PhotoSettings,
+    cluster_scores,
     combine_views,
     detect_photos,
     image_statistics,
@@ -254,6 +255,18 @@ def test_co_training_labels_add_confident_texture_calls_and_need_agreement_for_d
     logit = np.array([9.0, 6.0, -8.0, 1.0, np.nan, 5.0])  # photo, photo the frame missed, drawing, unsure, no patch, unsure frame
     assert texture_labels(frame, texture, settings).tolist() == [1, -1, 0, 0, 0, -1]
     assert texture_labels(frame, texture, settings, logit).tolist() == [1, 1, 0, -1, 0, 1]  # no patch: the frame view's label
+
+
+def test_a_cluster_lifts_its_doubtful_members_but_never_drags_a_confident_one_down():
+    posterior = np.array([0.98, 0.96, 0.10, 0.05, 0.60, 0.02, 0.97])
+    labels = np.array([0, 0, 0, 0, 1, 1, -1])  # cluster 0 mixes sure photos and doubtful ones; -1 is noise
+    lifted = cluster_scores(posterior, labels, "lift")
+    assert lifted[:4].tolist() == pytest.approx([0.98, 0.96, 0.5225, 0.5225])
+    assert lifted[4:6].tolist() == pytest.approx([0.60, 0.31]) and lifted[6] == 0.97  # noise keeps its own
+    assert (lifted >= posterior).all()
+    assert cluster_scores(posterior, labels, "mean")[:4].tolist() == pytest.approx([0.5225] * 4)  # the old rule
+    with pytest.raises(ValueError, match="cluster_rule"):
+        cluster_scores(posterior, labels, "median")
 
 
 FILLS = ((250, 200, 40), (60, 140, 220), (200, 60, 60), (90, 200, 90), (150, 90, 200), (240, 140, 60))

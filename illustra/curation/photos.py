@@ -54,6 +54,7 @@ class PhotoSettings:
     embedding_weight: float
     min_cluster_size: int
     min_samples: int
+    cluster_rule: str  # 'lift': an HDBSCAN cluster's mean posterior can raise a member's score, never lower it; 'mean': replaces it
     max_components: int  # mixture sizes tried on the photo index, chosen by BIC
     threshold: float
     self_training_rounds: int  # logistic regression on confident pseudo-labels, stats + embedding PCA; 0: off
@@ -241,8 +242,8 @@ def detect_photos(stats: pd.DataFrame, embeddings: np.ndarray | None, settings: 
     """`photo_score` (0-1), `is_photo`, `photo_cluster`, and each view's own output, for every row with statistics.
 
     Frame view, stated: a Gaussian mixture (size by BIC) on the photo index; the component with the most
-    photo-like mean is 'photo'; each image's posterior is averaged over its HDBSCAN cluster (stats +
-    embedding PCA), so whole clusters move together and noise points keep their own posterior; then
+    photo-like mean is 'photo'; each image's HDBSCAN cluster (stats + embedding PCA) can lift its posterior
+    to the cluster's mean (`cluster_scores`), and noise points keep their own posterior; then
     `self_train` refines the scores with the SSL embedding (`frame_score`). Texture view: a patch CNN
     trained on the frame view's confident calls (`patch_logit`, `texture_view_logits`). `combine_views`
     lets either call a photo. Measured numbers are in benchmarks/RESULTS.md.
@@ -262,9 +263,7 @@ def detect_photos(stats: pd.DataFrame, embeddings: np.ndarray | None, settings: 
         features = np.column_stack([features, settings.embedding_weight * projected / projected.std()])
     labels = hdbscan.HDBSCAN(min_cluster_size=settings.min_cluster_size,
                              min_samples=settings.min_samples).fit(features).labels_
-    score = posterior.copy()
-    for cluster in np.unique(labels[labels >= 0]):
-        score[labels == cluster] = posterior[labels == cluster].mean()
+    score = cluster_scores(posterior, labels, settings.cluster_rule)
     if embeddings is not None and settings.self_training_rounds > 0:
         score = self_train(table, embeddings[valid], score, settings)
     out.loc[valid, "frame_score"] = score
@@ -275,6 +274,26 @@ def detect_photos(stats: pd.DataFrame, embeddings: np.ndarray | None, settings: 
     out["photo_score"] = combine_views(out["frame_score"].to_numpy(), out["patch_logit"].to_numpy(), settings)
     out["is_photo"] = out["photo_score"].fillna(0) > settings.threshold
     return out
+
+
+def cluster_scores(posterior: np.ndarray, labels: np.ndarray, rule: str = "lift") -> np.ndarray:
+    """Each image's frame score from its mixture posterior and its HDBSCAN cluster (-1: noise, keeps its own).
+
+    'mean': the cluster's mean posterior replaces each member's, so whole clusters move together. 'lift':
+    the larger of the two, so a cluster can carry its doubtful members up but never drags a confident
+    member down. With 'mean', a folder whose photos are common loses most of its confident photos: one
+    cluster holds the most photo-like mixture component and the next one, and its mean is doubtful
+    (25 % full-frame photos: 25 confident photos with 'mean', 101 with 'lift', none of them a drawing;
+    benchmarks/RESULTS.md).
+    """
+    if rule not in ("lift", "mean"):
+        raise ValueError(f"photos.cluster_rule must be 'lift' or 'mean', not {rule!r}")
+    score = np.asarray(posterior, float).copy()
+    for cluster in np.unique(labels[labels >= 0]):
+        members = labels == cluster
+        mean = posterior[members].mean()
+        score[members] = np.maximum(posterior[members], mean) if rule == "lift" else mean
+    return score
 
 
 def texture_step_count(patches: int, settings: PhotoSettings) -> int:

@@ -240,7 +240,7 @@ def photos_section(manifest: pd.DataFrame, pixels: np.ndarray, threshold: float 
             f"{int(both.sum())} by both views, {int(frame_only.sum())} by the frame view alone, "
             f"{int(texture_only.sum())} by the texture view alone. Hover over a thumbnail for its evidence.</p>"
             "<p><b>Frame view</b>: statistics of the whole picture (fills the frame, soft edges, few sharp edges, "
-            "textured foreground) in a Gaussian mixture, averaged over HDBSCAN clusters, refined with the SSL "
+            "textured foreground) in a Gaussian mixture, lifted to its HDBSCAN cluster's mean where that is higher, refined with the SSL "
             "embedding; it calls a photo above 0.5. <b>Texture view</b>: a small CNN trained on this folder's "
             "foreground patches only, so a photo cut out onto white looks to it like a full-frame one. Its "
             "examples are chosen without labels: photos are images the frame view is sure of; drawings are "
