@@ -143,7 +143,7 @@ def score_folder(name: str, data: Path, work: Path, embeddings_dir: Path, truth_
     rows.append({"cell": name, "method": "  frame view", **scores(truth[valid], frame > 0.5, frame)})
     if result["patch_logit"].notna().any():
         patch = result["patch_logit"].fillna(-99).to_numpy()
-        called = patch > settings.texture_threshold
+        called = patch > result["texture_boundary"].dropna().iloc[0]  # the folder's own boundary
         rows.append({"cell": name, "method": "  texture view", **scores(truth[valid], called[valid], patch[valid])})
     if anchors:
         pixels = open_pixels(work, CacheSpec())[manifest["cache_row"].to_numpy()[valid]]

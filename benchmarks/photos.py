@@ -62,7 +62,9 @@ def main() -> None:
         patch = manifest["patch_logit"].fillna(-99).to_numpy()
         print(line("  its frame view alone (stats + embedding)", truth, frame > 0.5, frame, 0))
         print(by_style(manifest, Path(args.bench), frame > 0.5))
-        print(line("  its texture view alone (patch CNN)", truth, patch > PhotoSettings().texture_threshold, patch, 0))
+        boundary = (manifest["texture_boundary"].dropna().iloc[0] if "texture_boundary" in manifest
+                    and manifest["texture_boundary"].notna().any() else PhotoSettings().texture_threshold)
+        print(line(f"  its texture view alone (patch CNN, boundary {boundary:+.2f})", truth, patch > boundary, patch, 0))
         sweep = [f"{t:+.1f}: {f1_score(truth, (frame > 0.5) | (patch > t)):.3f}" for t in (-1, -0.5, 0, 0.5, 1, 1.5, 2, 3)]
         print("  F1 by texture_threshold (same run, views re-combined): " + ", ".join(sweep))
     stats = manifest[list(STAT_COLUMNS)]

@@ -18,6 +18,8 @@ from illustra.curation.photos import (
     cluster_scores,
     combine_views,
     detect_photos,
+    photo_share_estimate,
+    texture_boundary,
     image_statistics,
     photo_index,
     texture_labels,
@@ -269,6 +271,19 @@ def test_a_cluster_lifts_its_doubtful_members_but_never_drags_a_confident_one_do
         cluster_scores(posterior, labels, "median")
 
 
+@pytest.mark.parametrize("photos", [10, 100, 500])
+def test_the_photo_share_is_read_from_the_logits_and_rare_photos_need_more_evidence(photos):
+    rng = np.random.default_rng(0)
+    logits = np.concatenate([rng.normal(-6, 2, 1000 - photos), rng.normal(6, 2, photos), [np.nan] * 5])  # NaN: no patch
+    share = photo_share_estimate(logits)
+    assert share == pytest.approx(photos / 1000, abs=0.01)
+    boundary, same = texture_boundary(logits, PhotoSettings(texture_threshold=0.0, texture_prior_shift=0.5))
+    assert same == share and boundary == pytest.approx(0.5 * np.log((1 - share) / share))
+    assert (boundary > 1.0) == (photos < 200)  # rare photos: a higher bar; half the folder: about even odds
+    assert texture_boundary(logits, PhotoSettings(texture_threshold=0.7, texture_prior_shift=0.0))[0] == 0.7
+    assert texture_boundary(np.full(4, np.nan), PhotoSettings(texture_threshold=0.0))[0] == 0.0  # no texture view
+
+
 FILLS = ((250, 200, 40), (60, 140, 220), (200, 60, 60), (90, 200, 90), (150, 90, 200), (240, 140, 60))
 
 
@@ -296,6 +311,7 @@ def test_either_view_calls_a_photo_and_an_image_without_patches_keeps_its_frame_
     assert (score > 0.5).tolist() == [True, True, False, True, False]
     assert score[3] == 0.6 and score[4] == 0.2 and ((score >= frame) & (score <= 1)).all()
     stricter = combine_views(frame, patch, PhotoSettings(texture_threshold=3.0))
+    assert (combine_views(frame, patch, PhotoSettings(), boundary=3.0) == stricter).all()  # a folder's own boundary
     assert (stricter > 0.5).tolist() == [True, False, False, True, False]
 
 
@@ -319,7 +335,8 @@ def test_curate_writes_every_output_and_never_touches_data(fixture_bench, tmp_pa
         assert (tmp_path / "cur" / name).is_file(), name
     assert {p: p.read_bytes() for p in data.rglob("*") if p.is_file()} == before
     photos = pd.read_csv(tmp_path / "cur" / "photos.csv")
-    assert list(photos.columns) == ["path", "file_id", "photo_score", "is_photo", "frame_score", "patch_logit"]
+    assert list(photos.columns) == ["path", "file_id", "photo_score", "is_photo", "frame_score", "patch_logit",
+                                    "texture_boundary"]
     assert photos["photo_score"].between(0, 1).all()
     assert any((tmp_path / "cur" / "tb").glob("events.out.tfevents.*"))  # the texture view's loss curve
     assert not photos["path"].str.contains("\\\\").any() and not photos["path"].str.startswith("/").any()

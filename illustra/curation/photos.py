@@ -70,7 +70,8 @@ class PhotoSettings:
     texture_rounds: int  # co-training: later rounds also learn from the previous round's confident texture calls
     texture_round_logit: float  # ... a mean patch logit above this is a photo label, below minus this a drawing label
     foreground_negative_share: float  # a drawing pseudo-label also needs texture_share at most this (1: frame alone)
-    texture_threshold: float  # mean patch logit above which the texture view calls a photo
+    texture_threshold: float  # mean patch logit above which the texture view calls a photo (before the prior shift)
+    texture_prior_shift: float  # boundary += this * log((1 - share) / share), share estimated from the logits; 0: fixed
     texture_width: int  # channels of the texture CNN's first layer
     texture_batch: int  # patches per training step, half from each side
     texture_lr: float  # peak learning rate of its one-cycle schedule
@@ -245,11 +246,12 @@ def detect_photos(stats: pd.DataFrame, embeddings: np.ndarray | None, settings: 
     photo-like mean is 'photo'; each image's HDBSCAN cluster (stats + embedding PCA) can lift its posterior
     to the cluster's mean (`cluster_scores`), and noise points keep their own posterior; then
     `self_train` refines the scores with the SSL embedding (`frame_score`). Texture view: a patch CNN
-    trained on the frame view's confident calls (`patch_logit`, `texture_view_logits`). `combine_views`
-    lets either call a photo. Measured numbers are in benchmarks/RESULTS.md.
+    trained on the frame view's confident calls (`patch_logit`, `texture_view_logits`), with a boundary that
+    moves with the folder's estimated photo share (`texture_boundary`). `combine_views` lets either call a photo. Measured numbers are in benchmarks/RESULTS.md.
     """
-    out = pd.DataFrame({"photo_score": np.nan, "is_photo": False, "photo_cluster": -1,
-                        "frame_score": np.nan, "patch_logit": np.nan}, index=stats.index)
+    out = pd.DataFrame({"photo_score": np.nan, "is_photo": False, "photo_cluster": -1, "frame_score": np.nan,
+                        "patch_logit": np.nan, "texture_boundary": np.nan, "photo_share_estimate": np.nan},
+                       index=stats.index)
     valid = stats.notna().all(axis=1).to_numpy()
     if valid.sum() < max(settings.min_cluster_size, 10):
         return out
@@ -271,9 +273,50 @@ def detect_photos(stats: pd.DataFrame, embeddings: np.ndarray | None, settings: 
     if settings.texture_view and patches is not None and owner is not None and len(patches):
         out["patch_logit"] = texture_view_logits(out["frame_score"].to_numpy(), patches, owner, settings, progress,
                                                  writer, stats["texture_share"].to_numpy())
-    out["photo_score"] = combine_views(out["frame_score"].to_numpy(), out["patch_logit"].to_numpy(), settings)
+    boundary, share = texture_boundary(out["patch_logit"].to_numpy(), settings)
+    out["texture_boundary"], out["photo_share_estimate"] = boundary, share
+    out["photo_score"] = combine_views(out["frame_score"].to_numpy(), out["patch_logit"].to_numpy(), settings,
+                                       boundary)
     out["is_photo"] = out["photo_score"].fillna(0) > settings.threshold
     return out
+
+
+def photo_share_estimate(logits: np.ndarray, iterations: int = 200) -> float:
+    """The share of photos in a folder, from the texture view's mean patch logits alone (NaN: no logit).
+
+    The texture view trains on equal numbers of photo and drawing patches, so its logit reads as a
+    log-likelihood ratio at even odds; the folder's own prior is the fixed point of 'prior = mean
+    posterior at that prior' (the EM of Saerens, Latinne & Decaestecker 2002, "Adjusting the outputs
+    of a classifier to new a priori probabilities"). Measured on the photo grid it follows the truth
+    (1 % photos: 3-10 %; 7 %: 7-8 %; 25 %: 16-26 %; 50 %: 36-53 %; benchmarks/RESULTS.md).
+    """
+    logits = np.asarray(logits, float)
+    logits = logits[np.isfinite(logits)]
+    if len(logits) == 0:
+        return float("nan")
+    share = 0.5
+    for _ in range(iterations):
+        posterior = 1 / (1 + np.exp(-np.clip(logits + np.log(share / (1 - share)), -50, 50)))
+        updated = float(np.clip(posterior.mean(), 1e-4, 1 - 1e-4))
+        if abs(updated - share) < 1e-7:
+            break
+        share = updated
+    return share
+
+
+def texture_boundary(logits: np.ndarray, settings: PhotoSettings = PhotoSettings()) -> tuple[float, float]:
+    """(boundary on the mean patch logit, estimated photo share) for one folder.
+
+    The balanced training puts the texture view's own boundary at even odds; a folder where photos are
+    rare needs stronger evidence before calling one. `texture_prior_shift` moves the boundary by that
+    share of the Bayes correction log((1 - share) / share) (1: all of it; 0: fixed at `texture_threshold`).
+    Half was chosen on the dev grid: the network's logits are over-confident, and the full shift cost
+    recall where photos are a quarter of the folder (benchmarks/RESULTS.md).
+    """
+    share = photo_share_estimate(logits)
+    if not np.isfinite(share) or settings.texture_prior_shift == 0:
+        return settings.texture_threshold, share
+    return settings.texture_threshold + settings.texture_prior_shift * float(np.log((1 - share) / share)), share
 
 
 def cluster_scores(posterior: np.ndarray, labels: np.ndarray, rule: str = "lift") -> np.ndarray:
@@ -360,13 +403,15 @@ def texture_view_logits(frame_score: np.ndarray, patches: np.ndarray, owner: np.
     return logits
 
 
-def combine_views(frame_score: np.ndarray, patch_logit: np.ndarray, settings: PhotoSettings = PhotoSettings()) -> np.ndarray:
+def combine_views(frame_score: np.ndarray, patch_logit: np.ndarray, settings: PhotoSettings = PhotoSettings(),
+                  boundary: float | None = None) -> np.ndarray:
     """Either view can call a photo: the larger of the frame score and the texture view's shifted sigmoid.
 
-    With the default threshold 0.5 this is `frame_score > 0.5 or patch_logit > texture_threshold`;
-    a row without patches keeps its frame score.
+    With the default threshold 0.5 this is `frame_score > 0.5 or patch_logit > boundary` (default
+    `texture_threshold`; `texture_boundary` gives the folder's own); a row without patches keeps its frame score.
     """
-    texture = 1 / (1 + np.exp(-(np.asarray(patch_logit, float) - settings.texture_threshold)))
+    boundary = settings.texture_threshold if boundary is None else boundary
+    texture = 1 / (1 + np.exp(-(np.asarray(patch_logit, float) - boundary)))
     return np.where(np.isnan(texture), frame_score, np.fmax(frame_score, texture))
 
 

@@ -206,11 +206,18 @@ def _photo_evidence(manifest: pd.DataFrame):
     return why
 
 
-def photos_section(manifest: pd.DataFrame, pixels: np.ndarray, threshold: float = 0.0) -> str:
-    """Why each image was called a photo: both views side by side, the texture view's fixed boundary, samples."""
+def photos_section(manifest: pd.DataFrame, pixels: np.ndarray) -> str:
+    """Why each image was called a photo: both views side by side, the texture view's boundary, samples."""
     scored = manifest[manifest["photo_score"].notna()]
     if scored.empty:
         return section("photos", "Photos", "<p>photo detection was not run</p>")
+    boundaries = scored["texture_boundary"].dropna() if "texture_boundary" in scored else pd.Series(dtype=float)
+    threshold = float(boundaries.iloc[0]) if len(boundaries) else 0.0
+    shares = scored["photo_share_estimate"].dropna() if "photo_share_estimate" in scored else pd.Series(dtype=float)
+    share = (f"From its outputs alone the texture view estimates that {100 * float(shares.iloc[0]):.1f} % of this "
+             "folder are photos; the rarer photos are, the more evidence a call needs, so its boundary (dashed "
+             f"line) sits at mean patch logit {threshold:+.1f} here (0 would be even odds).") if len(shares) else (
+             f"Its boundary (dashed line) is at mean patch logit {threshold:+.1f}.")
     flagged = scored["is_photo"].astype(bool)
     frame_call = scored["frame_score"].fillna(0) > 0.5
     texture_call = scored["patch_logit"].fillna(-np.inf) > threshold
@@ -247,9 +254,7 @@ def photos_section(manifest: pd.DataFrame, pixels: np.ndarray, threshold: float 
             "images the frame view is sure of <i>and</i> whose foreground is calm, so a cut-out the frame view "
             "mistakes for a drawing is never taught as one (with <code>photos.texture_rounds: 2</code>, off by "
             "default, a second net also learns from the first's confident calls). It trains on equal numbers of "
-            "both in every batch, "
-            "so its boundary (dashed line, mean "
-            f"patch logit {threshold:+.1f}) does not move with the share of photos in the folder.</p>"
+            f"both in every batch, so its logit reads as evidence at even odds. {share}</p>"
             f"{figure_tag(fig)}<h4>most photo-like</h4>{_thumbs(manifest, pixels, order.index[::-1], why=why)}"
             f"<h4>called by the texture view only (most confident first)</h4>"
             f"{_thumbs(manifest, pixels, scored[texture_only].sort_values('patch_logit', ascending=False).index, why=why)}"
@@ -296,10 +301,8 @@ def _overview(summary: dict) -> str:
 
 
 def write_report(path: str | Path, manifest: pd.DataFrame, pixels: np.ndarray, embeddings: np.ndarray,
-                 pairs: pd.DataFrame, classes: list[str], summary: dict, data: str | Path | None = None,
-                 texture_threshold: float = 0.0) -> Path:
-    """Write the self-contained report.html of a curation run (`data`: the folder, so thumbnails open the file;
-    `texture_threshold`: the photo texture view's boundary, drawn in its plot)."""
+                 pairs: pd.DataFrame, classes: list[str], summary: dict, data: str | Path | None = None) -> Path:
+    """Write the self-contained report.html of a curation run (`data`: the folder, so thumbnails open the file)."""
     sections = [
         section("overview", "Overview", _overview(summary)),
         class_section(manifest, classes, summary),
@@ -307,7 +310,7 @@ def write_report(path: str | Path, manifest: pd.DataFrame, pixels: np.ndarray, e
         colour_section(manifest, pixels, classes),
         embedding_section(manifest, embeddings),
         duplicates_section(manifest, pixels, pairs, summary, Path(data) if data else None),
-        photos_section(manifest, pixels, texture_threshold),
+        photos_section(manifest, pixels),
         gallery_section(manifest, pixels, classes),
         problems_section(manifest),
     ]

@@ -84,8 +84,7 @@ def curate(data: str | Path, out: str | Path, work: str | Path, encoder: str | P
         from illustra.curation.report import write_report
 
         step = time.perf_counter()
-        write_report(out / "report.html", manifest, pixels, embeddings, pairs, classes, summary, data,
-                     settings.photos.texture_threshold)
+        write_report(out / "report.html", manifest, pixels, embeddings, pairs, classes, summary, data)
         summary["seconds"]["report"] = round(time.perf_counter() - step, 1)
     return summary
 
@@ -114,7 +113,7 @@ def _write_outputs(out: Path, manifest: pd.DataFrame, pairs: pd.DataFrame) -> No
     pair_table = pairs.assign(a=manifest["path"].to_numpy()[pairs["a"]], b=manifest["path"].to_numpy()[pairs["b"]],
                               a_id=ids[pairs["a"]], b_id=ids[pairs["b"]])
     pair_table.to_csv(out / "duplicate_pairs.csv", index=False)
-    photo_columns = ["path", "file_id", "photo_score", "is_photo", "frame_score", "patch_logit"]
+    photo_columns = ["path", "file_id", "photo_score", "is_photo", "frame_score", "patch_logit", "texture_boundary"]
     manifest[photo_columns].to_csv(out / "photos.csv", index=False, float_format="%.4f")
     problem_rows = manifest.loc[manifest["cache_row"] < 0, ["path", "reason"]]
     blank = manifest[manifest["is_blank"].astype(bool)][["path"]].assign(reason="blank: almost no ink (< 0.2 % dark)")
