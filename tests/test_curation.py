@@ -284,6 +284,29 @@ def test_the_photo_share_is_read_from_the_logits_and_rare_photos_need_more_evide
     assert texture_boundary(np.full(4, np.nan), PhotoSettings(texture_threshold=0.0))[0] == 0.0  # no texture view
 
 
+def test_a_second_texture_round_runs_only_where_photos_are_common_enough(monkeypatch):
+    """The gate, with the net replaced by a stand-in (patch contrast as its logit): how many nets are trained."""
+    import illustra.curation.photos as photos_module
+
+    trained = []
+    monkeypatch.setattr(photos_module, "fit_texture_net", lambda patches, labels, **_: trained.append(len(labels)))
+    monkeypatch.setattr(photos_module, "patch_logits",
+                        lambda model, patches: (patches.astype(float).std(axis=(1, 2)).mean(1) - 20) / 2)
+    rng = np.random.default_rng(0)
+
+    def folder(photos: int):
+        noisy = rng.integers(0, 256, (photos, 4, 8, 8, 3), dtype=np.uint8)
+        flat = np.repeat(np.repeat(rng.integers(0, 256, (100 - photos, 4, 1, 1, 3), dtype=np.uint8), 8, 2), 8, 3)
+        frame = np.r_[np.full(5, 0.99), np.full(photos - 5, 0.5), np.full(100 - photos, 0.01)]
+        return frame, np.concatenate([noisy, flat]).reshape(-1, 8, 8, 3), np.repeat(np.arange(100), 4)
+
+    settings = PhotoSettings(texture_rounds=2, texture_round_min_share=0.15, min_confident=2)
+    for photos, nets in ((40, 2), (8, 1)):  # 40 % photos: a second round; 8 %: the first net's logits stand
+        trained.clear()
+        logits = texture_view_logits(*folder(photos), settings)
+        assert len(trained) == nets and photo_share_estimate(logits) == pytest.approx(photos / 100, abs=0.02)
+
+
 FILLS = ((250, 200, 40), (60, 140, 220), (200, 60, 60), (90, 200, 90), (150, 90, 200), (240, 140, 60))
 
 

@@ -69,6 +69,7 @@ class PhotoSettings:
     texture_confidence: float  # frame scores above this / below 1 - this are its pseudo-labels
     texture_rounds: int  # co-training: later rounds also learn from the previous round's confident texture calls
     texture_round_logit: float  # ... a mean patch logit above this is a photo label, below minus this a drawing label
+    texture_round_min_share: float  # ... and a later round runs only where the photo share estimated so far is at least this
     foreground_negative_share: float  # a drawing pseudo-label also needs texture_share at most this (1: frame alone)
     texture_threshold: float  # mean patch logit above which the texture view calls a photo (before the prior shift)
     texture_prior_shift: float  # boundary += this * log((1 - share) / share), share estimated from the logits; 0: fixed
@@ -386,10 +387,14 @@ def texture_view_logits(frame_score: np.ndarray, patches: np.ndarray, owner: np.
     `texture` is each row's `texture_share` (None: the frame view alone labels). All NaN when either side
     has fewer than `min_confident` labelled images with patches (nothing to learn from). With
     `texture_rounds` > 1, each later round trains a new net on labels that include the previous round's
-    confident calls (co-training); a round with too few labels keeps the previous round's logits.
+    confident calls (co-training); a round with too few labels keeps the previous round's logits, and so does
+    a folder whose estimated photo share (`photo_share_estimate`) is below `texture_round_min_share`: where
+    photos are rare, the first net's confident calls are mostly textured drawings (benchmarks/RESULTS.md).
     """
     logits = np.full(len(frame_score), np.nan)
     for round_ in range(max(1, settings.texture_rounds)):
+        if round_ and not photo_share_estimate(logits) >= settings.texture_round_min_share:
+            break
         labels = texture_labels(frame_score, texture, settings, logits if round_ else None)[owner]
         if min(len(np.unique(owner[labels == 1])), len(np.unique(owner[labels == 0]))) < settings.min_confident:
             break
