@@ -54,7 +54,7 @@ class PhotoSettings:
     embedding_weight: float
     min_cluster_size: int
     min_samples: int
-    cluster_rule: str  # 'lift': an HDBSCAN cluster's mean posterior can raise a member's score, never lower it; 'mean': replaces it
+    cluster_rule: str  # 'lift': an HDBSCAN cluster's mean posterior can raise a member's score, never lower it
     max_components: int  # mixture sizes tried on the photo index, chosen by BIC
     threshold: float
     self_training_rounds: int  # logistic regression on confident pseudo-labels, stats + embedding PCA; 0: off
@@ -248,7 +248,8 @@ def detect_photos(stats: pd.DataFrame, embeddings: np.ndarray | None, settings: 
     to the cluster's mean (`cluster_scores`), and noise points keep their own posterior; then
     `self_train` refines the scores with the SSL embedding (`frame_score`). Texture view: a patch CNN
     trained on the frame view's confident calls (`patch_logit`, `texture_view_logits`), with a boundary that
-    moves with the folder's estimated photo share (`texture_boundary`). `combine_views` lets either call a photo. Measured numbers are in benchmarks/RESULTS.md.
+    moves with the folder's estimated photo share (`texture_boundary`). `combine_views` lets either call a
+    photo. Measured numbers are in benchmarks/RESULTS.md.
     """
     out = pd.DataFrame({"photo_score": np.nan, "is_photo": False, "photo_cluster": -1, "frame_score": np.nan,
                         "patch_logit": np.nan, "texture_boundary": np.nan, "photo_share_estimate": np.nan},
