@@ -133,6 +133,8 @@ class PhotoCheck(Check):
         with tqdm(total=upper, desc="texture view", unit="step", leave=False) as bar:
             columns = detect_photos(evidence.stats, context.embeddings, settings, evidence.patches, evidence.owner,
                                     bar, writer)
+            bar.total = bar.n  # a skipped second round (rare photos) ends the bar at 100 %, not half way
+            bar.refresh()
         if writer is not None:
             writer.close()
         return evidence.stats.join(columns)
