@@ -122,11 +122,20 @@ def scores(truth: np.ndarray, called: np.ndarray, score: np.ndarray) -> dict:
 
 
 def score_folder(name: str, data: Path, work: Path, embeddings_dir: Path, truth_dir: Path,
-                 settings: PhotoSettings, anchors: bool, dump: Path | None = None) -> list[dict]:
+                 settings: PhotoSettings, anchors: bool, dump: Path | None = None,
+                 without_photos: bool = False) -> list[dict]:
     manifest = load_manifest(embeddings_dir / "manifest.csv")
     embeddings = np.load(embeddings_dir / "embeddings.npy")
     evidence = evidence_for(data, work, manifest, settings)
     truth = manifest["path"].isin(set(pd.read_csv(truth_dir / "photos.csv")["path"])).to_numpy()
+    if without_photos:  # the folder's drawings alone: a folder with no photo at all (rows joined by position)
+        keep = ~truth
+        position = np.cumsum(keep) - 1
+        taken = keep[evidence.owner]
+        evidence = evidence._replace(stats=evidence.stats[keep], patches=evidence.patches[taken],
+                                     owner=position[evidence.owner[taken]])
+        manifest, embeddings, truth = manifest[keep], embeddings[keep], truth[keep]
+        name = f"{name}_nophoto"
     started = time.perf_counter()
     result = detect_photos(evidence.stats, embeddings, settings, evidence.patches, evidence.owner)
     seconds = time.perf_counter() - started
@@ -140,7 +149,8 @@ def score_folder(name: str, data: Path, work: Path, embeddings_dir: Path, truth_
              **scores(truth[valid], result["is_photo"].to_numpy()[valid], result["photo_score"].to_numpy()[valid]),
              "seconds": round(seconds, 1)}]
     frame = result["frame_score"].to_numpy()[valid]
-    rows.append({"cell": name, "method": "  frame view", **scores(truth[valid], frame > 0.5, frame)})
+    vote = result["frame_vote"].fillna(0).to_numpy()[valid] if "frame_vote" in result else frame  # its say (+ anchors)
+    rows.append({"cell": name, "method": "  frame view", **scores(truth[valid], vote > 0.5, frame)})
     if result["patch_logit"].notna().any():
         patch = result["patch_logit"].fillna(-99).to_numpy()
         called = patch > result["texture_boundary"].dropna().iloc[0]  # the folder's own boundary
@@ -192,6 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, help="with --bench: its index folder")
     parser.add_argument("--embeddings", type=Path, help="with --bench: its embeddings folder")
     parser.add_argument("--csv", type=Path, help="append the result rows to this CSV")
+    parser.add_argument("--without-photos", action="store_true",
+                        help="score each folder's drawings alone (a folder with no photo: only FP counts)")
     parser.add_argument("--dump", type=Path, help="write each folder's per-image outputs here (CELL.csv)")
     args = parser.parse_args(argv)
     grid = cells(args.parts, args.cells)
@@ -221,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
                  args.root / cell_name(*c) / "embeddings", args.root / cell_name(*c) / "truth") for c in grid])
     for name, data, work, embeddings_dir, truth_dir in targets:
         cell_rows = score_folder(name, data, work, embeddings_dir, truth_dir, settings, not args.no_anchors,
-                                 args.dump)
+                                 args.dump, args.without_photos)
         for row in cell_rows:
             print(f"{row['cell']:<14} {row['method']:<16} P {row['P']:.3f} R {row['R']:.3f} F1 {row['F1']:.3f} "
                   f"AUC {row['AUC']:.3f} FP {row['FP_rate']:.4f}"

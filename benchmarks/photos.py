@@ -58,9 +58,10 @@ def main() -> None:
     print(line("ours as run by `illustra curate`", truth, ours, manifest["photo_score"].to_numpy(), 0))
     print(by_style(manifest, Path(args.bench), ours))
     if "frame_score" in manifest and manifest["patch_logit"].notna().any():  # each view of that run on its own
-        frame = manifest["frame_score"].fillna(0).to_numpy()
+        frame = manifest["frame_vote" if "frame_vote" in manifest else "frame_score"].fillna(0).to_numpy()
         patch = manifest["patch_logit"].fillna(-99).to_numpy()
-        print(line("  its frame view alone (stats + embedding)", truth, frame > 0.5, frame, 0))
+        print(line("  its frame view alone (stats + embedding; frame-filling images and anchors)", truth, frame > 0.5,
+                   frame, 0))
         print(by_style(manifest, Path(args.bench), frame > 0.5))
         boundary = (manifest["texture_boundary"].dropna().iloc[0] if "texture_boundary" in manifest
                     and manifest["texture_boundary"].notna().any() else PhotoSettings().texture_threshold)
