@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,10 @@ from illustra.curation.photos import (
     cluster_scores,
     combine_views,
     detect_photos,
+    frame_votes,
     image_statistics,
+    neighbour_support,
+    photo_anchors,
     photo_index,
     photo_share_estimate,
     texture_boundary,
@@ -327,6 +331,62 @@ def test_detector_finds_every_photo_when_cut_outs_or_photos_dominate(full_frame,
     assert (result["is_photo"].to_numpy() == truth).all(), result.assign(truth=truth).round(2)
 
 
+def textured_icon(seed: int, fill=(90, 140, 200)) -> Image.Image:
+    """A drawing on white whose shapes are noise-shaded (Oxygen's folder icons, glossy clipart): a textured
+    foreground, like a photo's, but on a plain background."""
+    image = np.asarray(drawing("face" if seed % 2 else "house", fill=fill)).astype(float)
+    ink = image.min(2) < 240
+    image[ink] += np.random.default_rng(seed).normal(0, 8, (int(ink.sum()), 3))
+    return Image.fromarray(image.clip(0, 239 * ink[..., None] + 255 * ~ink[..., None]).astype(np.uint8))
+
+
+def test_anchors_are_photos_that_fill_the_frame_never_a_drawing():
+    """Issue #18: the absolute 'sure photo' test: a full-frame photo is one; a cut-out (it does not fill the
+    frame), a textured icon on white and a flat full-frame flag are not."""
+    images = [photo(s) for s in range(3)] + [photo_cut_out(5), textured_icon(1), textured_icon(2), flag(), flag(True)]
+    stats = pd.DataFrame([image_statistics(image) for image in images])
+    assert photo_anchors(stats).tolist() == [True] * 3 + [False] * 5, stats.round(3)
+    assert stats["texture_share"].iloc[4:6].min() > 0.1  # the icons are textured: only the frame tells them apart
+    frame = np.array([0.99, 0.99, 0.4, 0.99, 0.99, 0.2, 0.99, np.nan])
+    votes = frame_votes(frame, stats)
+    assert votes[:3].tolist() == [0.99, 0.99, 0.4] and (votes[3:6] == 0).all()  # cut-outs are the texture view's
+    assert votes[6] == 0.99 and np.isnan(votes[7])  # a full-frame drawing keeps its frame score; NaN stays NaN
+    assert (frame_votes(frame, stats, PhotoSettings(frame_full_only=False))[:7] == frame[:7]).all()
+
+
+def test_a_folder_of_drawings_alone_gets_no_photo_called():
+    """Issue #18: with no photo in the folder, both views are relative and call its most textured drawings;
+    without anchors nothing is called (with the gate off, some are: the test can fail)."""
+    fills = ((250, 200, 40), (60, 140, 220), (200, 60, 60), (90, 200, 90), (150, 90, 200), (240, 140, 60))
+    images = [drawing(k, fill=c) for k in ("face", "house") for c in fills]
+    images += [jpeg(d, 75) for d in images] + [textured_icon(s, fill=c) for s, c in enumerate(fills)] + [flag(), flag(True)]
+    settings = PhotoSettings(min_cluster_size=5, min_samples=2, texture_steps=150, min_confident=2)
+    stats = pd.DataFrame([image_statistics(image) for image in images])
+    rng = np.random.default_rng(0)
+    taken = [foreground_patches(image, 32, 8, rng) for image in images]
+    owner = np.concatenate([np.full(len(t), i) for i, t in enumerate(taken)])
+    result = detect_photos(stats, None, settings, np.concatenate(taken), owner)
+    assert not result["is_photo"].any() and not result["photo_anchor"].any()
+    assert (result["photo_score"] == 0).all() and result["photo_share_estimate"].eq(0).all()
+    ungated = detect_photos(stats, None, replace(settings, min_anchors=0, frame_full_only=False), np.concatenate(taken),
+                            owner)
+    assert ungated["is_photo"].any()  # the relative views alone call the most photo-like drawings (here the flags)
+
+
+def test_a_call_with_no_called_neighbour_has_no_support():
+    """Neighbour support: the share of an image's nearest embeddings that are called (itself and exact copies aside)."""
+    rng = np.random.default_rng(0)
+    photos = rng.normal(0, 0.1, (12, 8)) + np.eye(8)[0] * 3  # one kind of photo: a tight group
+    drawings = rng.normal(0, 1, (60, 8))
+    embeddings = np.concatenate([photos, drawings, drawings[:1]])  # the last row: an exact copy of a drawing
+    called = np.r_[np.ones(12, bool), np.zeros(61, bool)]
+    called[20] = True  # a lone drawing the texture view called
+    support = neighbour_support(embeddings, called, 5)
+    assert (support[:12] == 1).all() and support[20] == 0
+    assert support[12] == neighbour_support(embeddings, called, 5)[72]  # a drawing and its copy see the same others
+    assert neighbour_support(embeddings[:1], called[:1], 5).tolist() == [0.0]  # one image: nobody to ask
+
+
 def test_either_view_calls_a_photo_and_an_image_without_patches_keeps_its_frame_score():
     frame = np.array([0.9, 0.1, 0.1, 0.6, 0.2])
     patch = np.array([-5.0, 2.0, -2.0, np.nan, np.nan])
@@ -358,8 +418,8 @@ def test_curate_writes_every_output_and_never_touches_data(fixture_bench, tmp_pa
         assert (tmp_path / "cur" / name).is_file(), name
     assert {p: p.read_bytes() for p in data.rglob("*") if p.is_file()} == before
     photos = pd.read_csv(tmp_path / "cur" / "photos.csv")
-    assert list(photos.columns) == ["path", "file_id", "photo_score", "is_photo", "frame_score", "patch_logit",
-                                    "texture_boundary"]
+    assert list(photos.columns) == ["path", "file_id", "photo_score", "is_photo", "photo_anchor", "frame_score",
+                                    "patch_logit", "texture_boundary"]
     assert photos["photo_score"].between(0, 1).all()
     assert any((tmp_path / "cur" / "tb").glob("events.out.tfevents.*"))  # the texture view's loss curve
     assert not photos["path"].str.contains("\\\\").any() and not photos["path"].str.startswith("/").any()

@@ -141,8 +141,9 @@ class PhotoCheck(Check):
 
     def skipped(self, context: Context) -> pd.DataFrame:
         return pd.DataFrame({"photo_score": np.nan, "is_photo": False, "photo_cluster": -1, "frame_score": np.nan,
-                             "patch_logit": np.nan, "texture_boundary": np.nan, "photo_share_estimate": np.nan},
-                            index=context.manifest.index)
+                             "patch_logit": np.nan, "texture_boundary": np.nan, "photo_share_estimate": np.nan,
+                             "photo_anchor": False, "frame_vote": np.nan,
+                             "photo_support": np.nan}, index=context.manifest.index)
 
     def reasons(self, columns: pd.DataFrame) -> pd.Series:
         return pd.Series("drop: photo", index=columns.index)

@@ -57,6 +57,12 @@ class PhotoSettings:
     cluster_rule: str  # 'lift': an HDBSCAN cluster's mean posterior can raise a member's score, never lower it
     max_components: int  # mixture sizes tried on the photo index, chosen by BIC
     threshold: float
+    anchor_frame: float  # foreground share at which an image fills its frame
+    anchor_texture: float  # ... and texture_share at which such an image is a sure photo (an anchor)
+    min_anchors: int  # fewer anchors in a folder: no photo is called (both views are relative to the folder)
+    frame_full_only: bool  # the frame view calls only images that fill their frame (cut-outs: the texture view)
+    support_neighbours: int  # k SSL-embedding neighbours that a texture-view-only call is checked against ...
+    min_support: float  # ... and the share of them that must be called too (0: no check)
     self_training_rounds: int  # logistic regression on confident pseudo-labels, stats + embedding PCA; 0: off
     self_training_components: int
     self_training_confidence: float  # round 1 trusts scores above this / below 1 - this
@@ -241,7 +247,14 @@ def photo_index(stats: pd.DataFrame, settings: PhotoSettings = PhotoSettings()) 
 def detect_photos(stats: pd.DataFrame, embeddings: np.ndarray | None, settings: PhotoSettings = PhotoSettings(),
                   patches: np.ndarray | None = None, owner: np.ndarray | None = None, progress=None,
                   writer=None) -> pd.DataFrame:
-    """`photo_score` (0-1), `is_photo`, `photo_cluster`, and each view's own output, for every row with statistics.
+    """`photo_score` (0-1), `is_photo`, `photo_cluster`, `photo_anchor`, and each view's own output (`frame_score`,
+    `frame_vote`: its say in the decision, `patch_logit`), for every row with statistics.
+
+    Anchors first (`photo_anchors`): images that fill their frame with photographic texture, an absolute
+    test. A folder with fewer than `min_anchors` shows no photo and nothing in it is called, because both
+    views below are relative to the folder and always find a 'photo' side (a folder of drawings alone lost
+    56 % of its drawings before; benchmarks/RESULTS.md). Anchors are photos, and they are the texture
+    view's first photo labels.
 
     Frame view, stated: a Gaussian mixture (size by BIC) on the photo index; the component with the most
     photo-like mean is 'photo'; each image's HDBSCAN cluster (stats + embedding PCA) can lift its posterior
@@ -252,11 +265,13 @@ def detect_photos(stats: pd.DataFrame, embeddings: np.ndarray | None, settings: 
     photo. Measured numbers are in benchmarks/RESULTS.md.
     """
     out = pd.DataFrame({"photo_score": np.nan, "is_photo": False, "photo_cluster": -1, "frame_score": np.nan,
-                        "patch_logit": np.nan, "texture_boundary": np.nan, "photo_share_estimate": np.nan},
-                       index=stats.index)
+                        "patch_logit": np.nan, "texture_boundary": np.nan, "photo_share_estimate": np.nan,
+                        "photo_anchor": False, "frame_vote": np.nan, "photo_support": np.nan}, index=stats.index)
     valid = stats.notna().all(axis=1).to_numpy()
     if valid.sum() < max(settings.min_cluster_size, 10):
         return out
+    anchor = photo_anchors(stats, settings)
+    out["photo_anchor"] = anchor
     table = stats[valid]
     index = photo_index(table, settings)[:, None]
     posterior = _photo_posterior(index, settings)
@@ -272,15 +287,84 @@ def detect_photos(stats: pd.DataFrame, embeddings: np.ndarray | None, settings: 
         score = self_train(table, embeddings[valid], score, settings)
     out.loc[valid, "frame_score"] = score
     out.loc[valid, "photo_cluster"] = labels
+    if anchor.sum() < settings.min_anchors:  # no photo evidence: the views' 'photo' side would be textured drawings
+        out.loc[valid, "photo_score"] = 0.0
+        out["photo_share_estimate"] = 0.0
+        return out
+    frame_vote = frame_votes(out["frame_score"].to_numpy(), stats, settings)
     if settings.texture_view and patches is not None and owner is not None and len(patches):
-        out["patch_logit"] = texture_view_logits(out["frame_score"].to_numpy(), patches, owner, settings, progress,
-                                                 writer, stats["texture_share"].to_numpy())
+        out["patch_logit"] = texture_view_logits(frame_vote, patches, owner, settings, progress, writer,
+                                                 stats["texture_share"].to_numpy(), anchor,
+                                                 negative_score=out["frame_score"].to_numpy())
     boundary, share = texture_boundary(out["patch_logit"].to_numpy(), settings)
     out["texture_boundary"], out["photo_share_estimate"] = boundary, share
-    out["photo_score"] = combine_views(out["frame_score"].to_numpy(), out["patch_logit"].to_numpy(), settings,
-                                       boundary)
+    frame_vote = np.where(np.isnan(frame_vote), np.nan, np.fmax(frame_vote, anchor.astype(float)))
+    out["frame_vote"] = frame_vote
+    out["photo_score"] = combine_views(frame_vote, out["patch_logit"].to_numpy(), settings, boundary)
+    if embeddings is not None and settings.min_support > 0 and settings.support_neighbours > 0:
+        called = out["photo_score"].fillna(0).to_numpy()[valid] > settings.threshold
+        support = np.full(len(out), np.nan)
+        support[valid] = neighbour_support(embeddings[valid], called, settings.support_neighbours)
+        out["photo_support"] = support
+        alone = (support < settings.min_support) & ~(np.nan_to_num(frame_vote) > settings.threshold)
+        out.loc[alone, "photo_score"] = np.fmin(out.loc[alone, "photo_score"], settings.threshold)
     out["is_photo"] = out["photo_score"].fillna(0) > settings.threshold
     return out
+
+
+def neighbour_support(embeddings: np.ndarray, called: np.ndarray, k: int) -> np.ndarray:
+    """Per image: the share of its `k` nearest neighbours (cosine, SSL embedding; itself excluded) that are called.
+
+    Photos crawled into a folder come in kinds, so a photo's nearest neighbours hold other photos; a glossy
+    drawing the texture view calls sits among drawings. A texture-view call with no called neighbour is
+    withdrawn (`min_support`): on the benchmark that took back 31 drawings and 1 photo (benchmarks/RESULTS.md).
+    Exact FAISS search up to 200,000 images, an HNSW graph above.
+    """
+    import faiss
+
+    vectors = np.ascontiguousarray(embeddings, dtype=np.float32)
+    vectors = vectors / np.linalg.norm(vectors, axis=1, keepdims=True).clip(1e-12)
+    k = min(k, len(vectors) - 1)
+    if k < 1:
+        return np.zeros(len(vectors))
+    if len(vectors) > 200_000:
+        index = faiss.IndexHNSWFlat(vectors.shape[1], 32, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efSearch = max(64, 2 * k)
+    else:
+        index = faiss.IndexFlatIP(vectors.shape[1])
+    index.add(vectors)
+    _, neighbours = index.search(vectors, k + 1)
+    own = neighbours == np.arange(len(vectors))[:, None]
+    own[~own.any(axis=1), -1] = True  # an exact copy may stand before the image itself: drop the last instead
+    others = neighbours[~own].reshape(len(vectors), k)
+    return np.asarray(called, bool)[np.clip(others, 0, None)].mean(axis=1)
+
+
+def photo_anchors(stats: pd.DataFrame, settings: PhotoSettings = PhotoSettings()) -> np.ndarray:
+    """Sure photos by an absolute test: the foreground fills the frame and has fine texture.
+
+    Drawings that fill their frame (flags, scenes with a background) are flat or smoothly shaded, and
+    drawings with texture (noise-shaded icons, glossy clipart) sit on a plain background. Measured on
+    the benchmark and the dev grid (benchmarks/RESULTS.md): with the defaults no drawing is an anchor
+    (the benchmark's 82 frame-filling drawings all have texture_share below 0.1), 361 of the
+    benchmark's 640 photos are, and a folder of drawings alone has none.
+    """
+    full = stats["foreground_share"].to_numpy(float) >= settings.anchor_frame
+    return full & (stats["texture_share"].to_numpy(float) >= settings.anchor_texture)
+
+
+def frame_votes(frame_score: np.ndarray, stats: pd.DataFrame, settings: PhotoSettings = PhotoSettings()) -> np.ndarray:
+    """The frame view's say in the decision: its score where the image fills its frame, else 0 (NaN stays NaN).
+
+    With `frame_full_only` the frame view judges whole pictures only. On the dev grid every frame-view
+    call of a drawing was an image on a plain background (a textured icon), and the cut-out photos it
+    gave up are the texture view's to find (benchmarks/RESULTS.md).
+    """
+    score = np.asarray(frame_score, float)
+    if not settings.frame_full_only:
+        return score.copy()
+    full = stats["foreground_share"].to_numpy(float) >= settings.anchor_frame
+    return np.where(np.isnan(score), np.nan, np.where(full, score, 0.0))
 
 
 def photo_share_estimate(logits: np.ndarray, iterations: int = 200) -> float:
@@ -351,7 +435,8 @@ def texture_step_count(patches: int, settings: PhotoSettings) -> int:
 
 
 def texture_labels(frame_score: np.ndarray, texture: np.ndarray | None, settings: PhotoSettings,
-                   patch_logit: np.ndarray | None = None) -> np.ndarray:
+                   patch_logit: np.ndarray | None = None, anchor: np.ndarray | None = None,
+                   negative_score: np.ndarray | None = None) -> np.ndarray:
     """Per-image pseudo-label for the texture view: 1 photo, 0 drawing, -1 not used.
 
     A photo: the frame view is confident. A drawing: the frame view is confident *and* the foreground is
@@ -365,11 +450,19 @@ def texture_labels(frame_score: np.ndarray, texture: np.ndarray | None, settings
     where photos are common: its mixture's photo component holds only the most photo-like few) are
     learnt from; a drawing label then also needs the texture view's agreement (a row without patches
     keeps the frame view's label).
+
+    `anchor` (`photo_anchors`) adds photo labels that do not depend on the folder's mix; `negative_score`
+    (default `frame_score`) is the score whose confident lows are drawing labels, so that `frame_votes`
+    (0 for an image on a plain background) can give the photo labels without making every such image a
+    drawing label.
     """
     confidence = settings.texture_confidence
     frame = np.nan_to_num(np.asarray(frame_score, float), nan=0.5)
+    low = frame if negative_score is None else np.nan_to_num(np.asarray(negative_score, float), nan=0.5)
     positive = frame > confidence
-    negative = frame < 1 - confidence
+    if anchor is not None:
+        positive |= np.asarray(anchor, bool)
+    negative = (low < 1 - confidence) & ~positive
     if texture is not None:
         negative &= np.nan_to_num(np.asarray(texture, float), nan=0.0) <= settings.foreground_negative_share
     if patch_logit is not None:
@@ -382,10 +475,12 @@ def texture_labels(frame_score: np.ndarray, texture: np.ndarray | None, settings
 
 def texture_view_logits(frame_score: np.ndarray, patches: np.ndarray, owner: np.ndarray,
                         settings: PhotoSettings = PhotoSettings(), progress=None, writer=None,
-                        texture: np.ndarray | None = None) -> np.ndarray:
+                        texture: np.ndarray | None = None, anchor: np.ndarray | None = None,
+                        negative_score: np.ndarray | None = None) -> np.ndarray:
     """Mean patch logit per row from a TextureNet trained on pseudo-labels (`texture_labels`; NaN: no patch).
 
-    `texture` is each row's `texture_share` (None: the frame view alone labels). All NaN when either side
+    `texture` is each row's `texture_share` (None: the frame view alone labels); `anchor` and
+    `negative_score` go to `texture_labels`. All NaN when either side
     has fewer than `min_confident` labelled images with patches (nothing to learn from). With
     `texture_rounds` > 1, each later round trains a new net on labels that include the previous round's
     confident calls (co-training); a round with too few labels keeps the previous round's logits, and so does
@@ -396,7 +491,8 @@ def texture_view_logits(frame_score: np.ndarray, patches: np.ndarray, owner: np.
     for round_ in range(max(1, settings.texture_rounds)):
         if round_ and not photo_share_estimate(logits) >= settings.texture_round_min_share:
             break
-        labels = texture_labels(frame_score, texture, settings, logits if round_ else None)[owner]
+        labels = texture_labels(frame_score, texture, settings, logits if round_ else None, anchor,
+                                negative_score)[owner]
         if min(len(np.unique(owner[labels == 1])), len(np.unique(owner[labels == 0]))) < settings.min_confident:
             break
         train = labels >= 0

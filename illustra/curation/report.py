@@ -196,10 +196,16 @@ def _photo_evidence(manifest: pd.DataFrame):
     """Tooltip text: each view's evidence for one row."""
     def why(r) -> str:
         parts = [f"photo_score {manifest.at[r, 'photo_score']:.2f}"]
+        if "photo_anchor" in manifest and bool(manifest.at[r, "photo_anchor"]):
+            parts.append("anchor (fills its frame with photographic texture)")
         if pd.notna(manifest.at[r, "frame_score"]):
             parts.append(f"frame view {manifest.at[r, 'frame_score']:.2f}")
+            if "frame_vote" in manifest and manifest.at[r, "frame_vote"] == 0 and manifest.at[r, "frame_score"] > 0.5:
+                parts.append("(not frame-filling: the frame view has no say)")
         if pd.notna(manifest.at[r, "patch_logit"]):
             parts.append(f"texture view {manifest.at[r, 'patch_logit']:+.1f}")
+        if "photo_support" in manifest and pd.notna(manifest.at[r, "photo_support"]):
+            parts.append(f"{manifest.at[r, 'photo_support']:.0%} of its nearest neighbours called")
         if "texture_share" in manifest and pd.notna(manifest.at[r, "texture_share"]):
             parts.append(f"textured foreground {manifest.at[r, 'texture_share']:.0%}")
         return ", ".join(parts)
@@ -211,6 +217,22 @@ def photos_section(manifest: pd.DataFrame, pixels: np.ndarray) -> str:
     scored = manifest[manifest["photo_score"].notna()]
     if scored.empty:
         return section("photos", "Photos", "<p>photo detection was not run</p>")
+    anchors = int(scored["photo_anchor"].astype(bool).sum()) if "photo_anchor" in scored else 0
+    anchor_text = (f"<p><b>Anchors</b>: {anchors} images fill their frame with photographic texture (foreground "
+                   "covers at least <code>photos.anchor_frame</code> of the picture and its texture share is at least "
+                   "<code>photos.anchor_texture</code>). That test is absolute; no drawing in the benchmark passes it. "
+                   "Anchors are called photos and are the texture view's first photo examples. Both views below are "
+                   "relative to the folder and would always find a 'photo' side, so a folder with fewer than "
+                   "<code>photos.min_anchors</code> anchors gets no photo called at all.</p>")
+    why = _photo_evidence(manifest)
+    if "photo_anchor" in scored and scored["photo_share_estimate"].eq(0).all():
+        frame_would = scored["frame_score"].fillna(0) > 0.5
+        return section("photos", "Photos", anchor_text + (
+            f"<p><b>No photo called: this folder shows no photo evidence.</b> The frame view's relative rule would "
+            f"have called {int(frame_would.sum())} images; the most photo-like of them are below, so you can check "
+            "that none is a photograph (a folder whose photos are all cut out onto white has no anchor either: "
+            "then set <code>photos.min_anchors=0</code>).</p>"
+            f"{_thumbs(manifest, pixels, scored.sort_values('frame_score', ascending=False).index, why=why)}"))
     boundaries = scored["texture_boundary"].dropna() if "texture_boundary" in scored else pd.Series(dtype=float)
     threshold = float(boundaries.iloc[0]) if len(boundaries) else 0.0
     shares = scored["photo_share_estimate"].dropna() if "photo_share_estimate" in scored else pd.Series(dtype=float)
@@ -219,7 +241,7 @@ def photos_section(manifest: pd.DataFrame, pixels: np.ndarray) -> str:
              f"line) sits at mean patch logit {threshold:+.1f} here (0 would be even odds).") if len(shares) else (
              f"Its boundary (dashed line) is at mean patch logit {threshold:+.1f}.")
     flagged = scored["is_photo"].astype(bool)
-    frame_call = scored["frame_score"].fillna(0) > 0.5
+    frame_call = (scored["frame_vote"] if "frame_vote" in scored else scored["frame_score"]).fillna(0) > 0.5
     texture_call = scored["patch_logit"].fillna(-np.inf) > threshold
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.4))
     axes[0].hist(scored["photo_score"], bins=50, log=True)
@@ -240,22 +262,25 @@ def photos_section(manifest: pd.DataFrame, pixels: np.ndarray) -> str:
     for cluster, members in scored[scored["photo_cluster"] >= 0].groupby("photo_cluster"):
         clusters.append(f"<div>cluster {cluster}: {len(members)} images, mean score "
                         f"{members['photo_score'].mean():.2f}{_thumbs(manifest, pixels, members.index, 12)}</div>")
-    why = _photo_evidence(manifest)
     both, frame_only, texture_only = (flagged & frame_call & texture_call, flagged & frame_call & ~texture_call,
                                       flagged & ~frame_call & texture_call)
-    body = (f"<p>{int(flagged.sum())} images called photographs (dropped from the cleaned set): "
+    body = (f"{anchor_text}<p>{int(flagged.sum())} images called photographs (dropped from the cleaned set): "
             f"{int(both.sum())} by both views, {int(frame_only.sum())} by the frame view alone, "
             f"{int(texture_only.sum())} by the texture view alone. Hover over a thumbnail for its evidence.</p>"
             "<p><b>Frame view</b>: statistics of the whole picture (fills the frame, soft edges, few sharp edges, "
             "textured foreground) in a Gaussian mixture, lifted to its HDBSCAN cluster's mean where that is "
-            "higher, refined with the SSL embedding; it calls a photo above 0.5. <b>Texture view</b>: a small "
+            "higher, refined with the SSL embedding; it calls a photo above 0.5, and (with "
+            "<code>photos.frame_full_only</code>) only among images that fill their frame. <b>Texture view</b>: a small "
             "CNN trained on this folder's foreground patches only, so a photo cut out onto white looks to it "
-            "like a full-frame one. Its examples are chosen without labels: photos are images the frame view is "
-            "sure of; drawings are images the frame view is sure of <i>and</i> whose foreground is calm, so a "
+            "like a full-frame one. Its examples are chosen without labels: photos are the anchors and the "
+            "frame-filling images the frame view is sure of; drawings are images the frame view is sure of "
+            "<i>and</i> whose foreground is calm, so a "
             "cut-out the frame view mistakes for a drawing is never taught as one (where the first net "
             "estimates at least <code>photos.texture_round_min_share</code> photos, a second net also learns "
             "from the first's confident calls). It trains on equal numbers of both in every batch, so its logit "
-            f"reads as evidence at even odds. {share}</p>"
+            f"reads as evidence at even odds. {share} A texture-view call none of whose nearest neighbours in "
+            "the SSL embedding (<code>photos.support_neighbours</code>) is called too is withdrawn: crawled photos "
+            "come in kinds, a glossy drawing sits among drawings.</p>"
             f"{figure_tag(fig)}<h4>most photo-like</h4>{_thumbs(manifest, pixels, order.index[::-1], why=why)}"
             f"<h4>called by the texture view only (most confident first)</h4>"
             f"{_thumbs(manifest, pixels, scored[texture_only].sort_values('patch_logit', ascending=False).index, why=why)}"

@@ -113,7 +113,8 @@ def _write_outputs(out: Path, manifest: pd.DataFrame, pairs: pd.DataFrame) -> No
     pair_table = pairs.assign(a=manifest["path"].to_numpy()[pairs["a"]], b=manifest["path"].to_numpy()[pairs["b"]],
                               a_id=ids[pairs["a"]], b_id=ids[pairs["b"]])
     pair_table.to_csv(out / "duplicate_pairs.csv", index=False)
-    photo_columns = ["path", "file_id", "photo_score", "is_photo", "frame_score", "patch_logit", "texture_boundary"]
+    photo_columns = ["path", "file_id", "photo_score", "is_photo", "photo_anchor", "frame_score", "patch_logit",
+                     "texture_boundary"]
     manifest[photo_columns].to_csv(out / "photos.csv", index=False, float_format="%.4f")
     problem_rows = manifest.loc[manifest["cache_row"] < 0, ["path", "reason"]]
     blank = manifest[manifest["is_blank"].astype(bool)][["path"]].assign(reason="blank: almost no ink (< 0.2 % dark)")
