@@ -368,6 +368,12 @@ def test_a_folder_of_drawings_alone_gets_no_photo_called():
     result = detect_photos(stats, None, settings, np.concatenate(taken), owner)
     assert not result["is_photo"].any() and not result["photo_anchor"].any()
     assert (result["photo_score"] == 0).all() and result["photo_share_estimate"].eq(0).all()
+    from illustra.curation.report import photos_section
+
+    pixels = np.stack([np.asarray(image.resize((64, 64))) for image in images])
+    manifest = stats.join(result).assign(path=[f"c/{i}.png" for i in range(len(images))], cache_row=range(len(images)))
+    html = photos_section(manifest, pixels)
+    assert "No photo called" in html and "0 images fill their frame" in html and html.count("<img") == 24
     ungated = detect_photos(stats, None, replace(settings, min_anchors=0, frame_full_only=False), np.concatenate(taken),
                             owner)
     assert ungated["is_photo"].any()  # the relative views alone call the most photo-like drawings (here the flags)

@@ -231,7 +231,7 @@ def photos_section(manifest: pd.DataFrame, pixels: np.ndarray) -> str:
             f"<p><b>No photo called: this folder shows no photo evidence.</b> The frame view's relative rule would "
             f"have called {int(frame_would.sum())} images; the most photo-like of them are below, so you can check "
             "that none is a photograph (a folder whose photos are all cut out onto white has no anchor either: "
-            "then set <code>photos.min_anchors=0</code>).</p>"
+            "then curate with <code>--set photos.min_anchors=0 --set photos.frame_full_only=false</code>).</p>"
             f"{_thumbs(manifest, pixels, scored.sort_values('frame_score', ascending=False).index, why=why)}"))
     boundaries = scored["texture_boundary"].dropna() if "texture_boundary" in scored else pd.Series(dtype=float)
     threshold = float(boundaries.iloc[0]) if len(boundaries) else 0.0
@@ -278,9 +278,10 @@ def photos_section(manifest: pd.DataFrame, pixels: np.ndarray) -> str:
             "cut-out the frame view mistakes for a drawing is never taught as one (where the first net "
             "estimates at least <code>photos.texture_round_min_share</code> photos, a second net also learns "
             "from the first's confident calls). It trains on equal numbers of both in every batch, so its logit "
-            f"reads as evidence at even odds. {share} A texture-view call none of whose nearest neighbours in "
-            "the SSL embedding (<code>photos.support_neighbours</code>) is called too is withdrawn: crawled photos "
-            "come in kinds, a glossy drawing sits among drawings.</p>"
+            f"reads as evidence at even odds. {share} A call of the texture view alone is withdrawn when too few of "
+            "the image's nearest neighbours in the SSL embedding are called too (<code>photos.min_support</code> "
+            "of <code>photos.support_neighbours</code>): crawled photos come in kinds, a glossy drawing sits "
+            "among drawings.</p>"
             f"{figure_tag(fig)}<h4>most photo-like</h4>{_thumbs(manifest, pixels, order.index[::-1], why=why)}"
             f"<h4>called by the texture view only (most confident first)</h4>"
             f"{_thumbs(manifest, pixels, scored[texture_only].sort_values('patch_logit', ascending=False).index, why=why)}"
