@@ -259,10 +259,12 @@ def detect_photos(stats: pd.DataFrame, embeddings: np.ndarray | None, settings: 
     Frame view, stated: a Gaussian mixture (size by BIC) on the photo index; the component with the most
     photo-like mean is 'photo'; each image's HDBSCAN cluster (stats + embedding PCA) can lift its posterior
     to the cluster's mean (`cluster_scores`), and noise points keep their own posterior; then
-    `self_train` refines the scores with the SSL embedding (`frame_score`). Texture view: a patch CNN
-    trained on the frame view's confident calls (`patch_logit`, `texture_view_logits`), with a boundary that
-    moves with the folder's estimated photo share (`texture_boundary`). `combine_views` lets either call a
-    photo. Measured numbers are in benchmarks/RESULTS.md.
+    `self_train` refines the scores with the SSL embedding (`frame_score`); it has a say only where the image
+    fills its frame (`frame_votes`, `frame_vote`). Texture view: a patch CNN trained on the anchors and the
+    frame view's confident calls (`patch_logit`, `texture_view_logits`), with a boundary that moves with the
+    folder's estimated photo share (`texture_boundary`). `combine_views` lets either call a photo; a call of
+    the texture view alone is withdrawn without support among the image's SSL-embedding neighbours
+    (`neighbour_support`, `photo_support`). Measured numbers are in benchmarks/RESULTS.md.
     """
     out = pd.DataFrame({"photo_score": np.nan, "is_photo": False, "photo_cluster": -1, "frame_score": np.nan,
                         "patch_logit": np.nan, "texture_boundary": np.nan, "photo_share_estimate": np.nan,
