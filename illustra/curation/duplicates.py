@@ -108,17 +108,24 @@ def embedding_candidates(embeddings: np.ndarray, k: int, min_cosine: float, exac
     """
     if len(embeddings) < 2:
         return np.zeros((0, 2), np.int64)
-    vectors = np.ascontiguousarray(embeddings, dtype=np.float32)
+    scores, neighbours = nearest_neighbours(embeddings, min(k + 1, len(embeddings)), exact_max)
+    queries = np.repeat(np.arange(len(embeddings)), neighbours.shape[1])
+    close = scores.ravel() >= min_cosine
+    return _ordered_pairs(queries[close], neighbours.ravel()[close])
+
+
+def nearest_neighbours(vectors: np.ndarray, k: int, exact_max: int = 200_000) -> tuple[np.ndarray, np.ndarray]:
+    """(inner products, indices) of each vector's `k` nearest vectors by inner product, itself included.
+
+    Exact FAISS search up to `exact_max` vectors, an HNSW graph above (sub-quadratic)."""
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     if len(vectors) > exact_max:
         index = faiss.IndexHNSWFlat(vectors.shape[1], 32, faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efSearch = max(64, 2 * k)
     else:
         index = faiss.IndexFlatIP(vectors.shape[1])
     index.add(vectors)
-    scores, neighbours = index.search(vectors, min(k + 1, len(vectors)))
-    queries = np.repeat(np.arange(len(vectors)), neighbours.shape[1])
-    close = scores.ravel() >= min_cosine
-    return _ordered_pairs(queries[close], neighbours.ravel()[close])
+    return index.search(vectors, k)
 
 
 def _ordered_pairs(first: np.ndarray, second: np.ndarray) -> np.ndarray:

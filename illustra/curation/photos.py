@@ -28,6 +28,7 @@ from sklearn.mixture import GaussianMixture
 from sklearn.preprocessing import RobustScaler
 
 from illustra.config import build, yaml_defaults
+from illustra.curation.duplicates import nearest_neighbours
 from illustra.curation.texture import fit_texture_net, foreground_patches, image_means, patch_logits
 from illustra.data.imageio import load_image
 from illustra.data.index import ordered_map
@@ -318,24 +319,16 @@ def neighbour_support(embeddings: np.ndarray, called: np.ndarray, k: int) -> np.
     """Per image: the share of its `k` nearest neighbours (cosine, SSL embedding; itself excluded) that are called.
 
     Photos crawled into a folder come in kinds, so a photo's nearest neighbours hold other photos; a glossy
-    drawing the texture view calls sits among drawings. A texture-view call with no called neighbour is
-    withdrawn (`min_support`): on the benchmark that took back 31 drawings and 1 photo (benchmarks/RESULTS.md).
-    Exact FAISS search up to 200,000 images, an HNSW graph above.
+    drawing the texture view calls sits among drawings. A call of the texture view alone whose support is
+    below `min_support` is withdrawn: on the benchmark (2 of 20) that took back 31 drawings and 1 photo
+    (benchmarks/RESULTS.md).
     """
-    import faiss
-
-    vectors = np.ascontiguousarray(embeddings, dtype=np.float32)
+    vectors = np.asarray(embeddings, dtype=np.float32)
     vectors = vectors / np.linalg.norm(vectors, axis=1, keepdims=True).clip(1e-12)
     k = min(k, len(vectors) - 1)
     if k < 1:
         return np.zeros(len(vectors))
-    if len(vectors) > 200_000:
-        index = faiss.IndexHNSWFlat(vectors.shape[1], 32, faiss.METRIC_INNER_PRODUCT)
-        index.hnsw.efSearch = max(64, 2 * k)
-    else:
-        index = faiss.IndexFlatIP(vectors.shape[1])
-    index.add(vectors)
-    _, neighbours = index.search(vectors, k + 1)
+    _, neighbours = nearest_neighbours(vectors, k + 1)
     own = neighbours == np.arange(len(vectors))[:, None]
     own[~own.any(axis=1), -1] = True  # an exact copy may stand before the image itself: drop the last instead
     others = neighbours[~own].reshape(len(vectors), k)
