@@ -88,9 +88,12 @@ def _cmd_curate(args: argparse.Namespace) -> int:
     settings = CurationSettings.from_dict(load_config(args.config, args.set, section="curation"))
     jobs = tuple(args.only) if args.only else JOBS
     summary = curate(args.data, args.out, _work(args), args.encoder, settings, _data_cache_spec(_work(args)), jobs)
+    anchors = summary.get("photo_anchors")
+    evidence = "" if anchors is None else (f" ({anchors} anchors" + (")" if anchors >= settings.photos.min_anchors
+                                                                       else ": no photo evidence, none called)"))
     print(f"files {summary['files']}, usable {summary['usable']}, blank {summary['blank']}; duplicate groups "
           f"{summary['duplicate_groups']} ({summary['duplicate_copies_dropped']} copies dropped, "
-          f"{summary['label_conflict_groups']} with label conflicts); photos {summary['photos']}; "
+          f"{summary['label_conflict_groups']} with label conflicts); photos {summary['photos']}{evidence}; "
           f"cleaned set {summary['clean']} images; imbalance {summary['imbalance_before']:.1f}x -> "
           f"{summary['imbalance_after']:.1f}x after cleaning -> {summary['imbalance_as_trained']:.1f}x as fine-tuning "
           f"sees it (plan {summary['imbalance_plan']})")

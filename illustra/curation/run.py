@@ -146,6 +146,8 @@ def _summary(manifest: pd.DataFrame, classes: list[str], pairs: pd.DataFrame, ti
         "label_ambiguous_rows": int(manifest["label_ambiguous"].sum()),
         "duplicate_pairs": {str(k): int(v) for k, v in pairs["kind"].value_counts().items()},
         "photos": int(manifest["is_photo"].sum()), "clean": len(clean),
+        "photo_anchors": (int(manifest["photo_anchor"].astype(bool).sum())
+                          if manifest["photo_score"].notna().any() else None),  # None: the photo job did not run
         "class_counts_before": before.to_dict(), "class_counts_after": after.to_dict(),
         "imbalance_before": round(float(before.max() / max(before[before > 0].min(), 1)), 2),
         "imbalance_after": round(float(after.max() / max(after[after > 0].min(), 1)), 2),
