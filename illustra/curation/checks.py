@@ -17,7 +17,13 @@ import pandas as pd
 from tqdm import tqdm
 
 from illustra.curation.duplicates import find_duplicates, ink_share
-from illustra.curation.photos import detect_photos, evidence_cache_path, photo_evidence, texture_step_count
+from illustra.curation.photos import (
+    detect_photos,
+    evidence_cache_path,
+    no_photo_columns,
+    photo_evidence,
+    texture_step_count,
+)
 from illustra.data.workspace import read_index_info
 from illustra.train.loop import tensorboard_writer
 
@@ -140,10 +146,7 @@ class PhotoCheck(Check):
         return evidence.stats.join(columns)
 
     def skipped(self, context: Context) -> pd.DataFrame:
-        return pd.DataFrame({"photo_score": np.nan, "is_photo": False, "photo_cluster": -1, "frame_score": np.nan,
-                             "patch_logit": np.nan, "texture_boundary": np.nan, "photo_share_estimate": np.nan,
-                             "photo_anchor": False, "frame_vote": np.nan,
-                             "photo_support": np.nan}, index=context.manifest.index)
+        return no_photo_columns(context.manifest.index)
 
     def reasons(self, columns: pd.DataFrame) -> pd.Series:
         return pd.Series("drop: photo", index=columns.index)

@@ -267,9 +267,7 @@ def detect_photos(stats: pd.DataFrame, embeddings: np.ndarray | None, settings: 
     the texture view alone is withdrawn without support among the image's SSL-embedding neighbours
     (`neighbour_support`, `photo_support`). Measured numbers are in benchmarks/RESULTS.md.
     """
-    out = pd.DataFrame({"photo_score": np.nan, "is_photo": False, "photo_cluster": -1, "frame_score": np.nan,
-                        "patch_logit": np.nan, "texture_boundary": np.nan, "photo_share_estimate": np.nan,
-                        "photo_anchor": False, "frame_vote": np.nan, "photo_support": np.nan}, index=stats.index)
+    out = no_photo_columns(stats.index)
     valid = stats.notna().all(axis=1).to_numpy()
     if valid.sum() < max(settings.min_cluster_size, 10):
         return out
@@ -315,6 +313,18 @@ def detect_photos(stats: pd.DataFrame, embeddings: np.ndarray | None, settings: 
     return out
 
 
+def no_photo_columns(index: pd.Index) -> pd.DataFrame:
+    """The photo job's columns for rows it did not judge (no statistics, too few images, job skipped)."""
+    return pd.DataFrame({"photo_score": np.nan, "is_photo": False, "photo_cluster": -1, "frame_score": np.nan,
+                         "patch_logit": np.nan, "texture_boundary": np.nan, "photo_share_estimate": np.nan,
+                         "photo_anchor": False, "frame_vote": np.nan, "photo_support": np.nan}, index=index)
+
+
+def fills_frame(stats: pd.DataFrame, settings: PhotoSettings = PhotoSettings()) -> np.ndarray:
+    """Whether each image's foreground covers at least `anchor_frame` of the picture (NaN: no)."""
+    return stats["foreground_share"].to_numpy(float) >= settings.anchor_frame
+
+
 def neighbour_support(embeddings: np.ndarray, called: np.ndarray, k: int) -> np.ndarray:
     """Per image: the share of its `k` nearest neighbours (cosine, SSL embedding; itself excluded) that are called.
 
@@ -344,8 +354,7 @@ def photo_anchors(stats: pd.DataFrame, settings: PhotoSettings = PhotoSettings()
     (the benchmark's 82 frame-filling drawings all have texture_share below 0.1), 361 of the
     benchmark's 640 photos are, and a folder of drawings alone has none.
     """
-    full = stats["foreground_share"].to_numpy(float) >= settings.anchor_frame
-    return full & (stats["texture_share"].to_numpy(float) >= settings.anchor_texture)
+    return fills_frame(stats, settings) & (stats["texture_share"].to_numpy(float) >= settings.anchor_texture)
 
 
 def frame_votes(frame_score: np.ndarray, stats: pd.DataFrame, settings: PhotoSettings = PhotoSettings()) -> np.ndarray:
@@ -358,8 +367,7 @@ def frame_votes(frame_score: np.ndarray, stats: pd.DataFrame, settings: PhotoSet
     score = np.asarray(frame_score, float)
     if not settings.frame_full_only:
         return score.copy()
-    full = stats["foreground_share"].to_numpy(float) >= settings.anchor_frame
-    return np.where(np.isnan(score), np.nan, np.where(full, score, 0.0))
+    return np.where(np.isnan(score), np.nan, np.where(fills_frame(stats, settings), score, 0.0))
 
 
 def photo_share_estimate(logits: np.ndarray, iterations: int = 200) -> float:
