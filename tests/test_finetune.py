@@ -223,3 +223,56 @@ def test_illustra_run_takes_a_folder_to_a_verified_classifier_and_skips_what_is_
     run_workflow(fixture_bench / "training", work, lambda command: executed.append(command[0]) or main(command),
                  encoder=encoder, sets=sets, start_from="export", log=lambda *_: None)
     assert executed == ["scan", "export", "evaluate"]
+
+
+def test_mixstyle_swaps_statistics_and_keeps_content():
+    """MixStyle: weight 1 leaves a map as it is; weight 0 gives it the partner's per-channel mean and std,
+    while its normalised map (the content) is unchanged."""
+    import torch
+
+    from illustra.finetune.mixstyle import mix_statistics
+
+    gen = torch.Generator().manual_seed(0)
+    features = torch.randn(4, 8, 6, 6, generator=gen) * torch.arange(1, 5).view(4, 1, 1, 1) + torch.arange(4).view(4, 1, 1, 1)
+    partner = torch.tensor([1, 0, 3, 2])
+    assert torch.allclose(mix_statistics(features, partner, torch.ones(4)), features, atol=1e-4)
+    swapped = mix_statistics(features, partner, torch.zeros(4))
+    assert torch.allclose(swapped.mean(dim=(2, 3)), features[partner].mean(dim=(2, 3)), atol=1e-4)
+    assert torch.allclose(swapped.std(dim=(2, 3)), features[partner].std(dim=(2, 3)), atol=1e-3)
+
+    def normalised(x):
+        return (x - x.mean(dim=(2, 3), keepdim=True)) / x.std(dim=(2, 3), keepdim=True)
+    assert torch.allclose(normalised(swapped), normalised(features), atol=1e-3)
+
+
+def test_mixstyle_acts_in_training_only_and_the_run_is_reproducible(tiny_run, tmp_path):
+    """The hooks change the training forward pass and nothing at prediction; two runs of one seed give the
+    same weights; the weights file is a plain classifier (no MixStyle in it)."""
+    import torch
+
+    from illustra.finetune.mixstyle import MixStyle
+    from illustra.ssl.encoder import load_encoder
+
+    _, tmp, _ = tiny_run
+    encoder_path = tmp / "encoder.safetensors"
+    encoder = load_encoder(encoder_path)[0]
+    images = torch.rand(6, 3, 32, 32)
+    before = encoder(images)
+    mixstyle = MixStyle(encoder, p=1.0, alpha=0.1, blocks=2)
+    plan = mixstyle.draw(6, torch.Generator().manual_seed(1), images)
+    assert all(step is not None for step in plan)
+    with mixstyle.apply(plan):
+        assert torch.allclose(encoder(images), before)  # eval mode: no mixing
+        encoder.train()
+        mixed = encoder(images)
+    assert not torch.allclose(mixed, encoder(images), atol=1e-4)  # outside `apply`: no mixing either
+    config = FinetuneConfig(epochs=1, batch_size=16, ema_decay=0.0, mixstyle=0.5)
+    for name in ("a", "b"):
+        finetune_folder(tmp / "cur", tmp_path / name, tmp / "work", config, encoder_path, progress=False)
+    first, _ = load_classifier(tmp_path / "a" / "classifier.safetensors")
+    second, _ = load_classifier(tmp_path / "b" / "classifier.safetensors")
+    assert all(torch.equal(value, second.state_dict()[key]) for key, value in first.state_dict().items())
+    plain = FinetuneConfig(epochs=1, batch_size=16, ema_decay=0.0)
+    finetune_folder(tmp / "cur", tmp_path / "plain", tmp / "work", plain, encoder_path, progress=False)
+    other, _ = load_classifier(tmp_path / "plain" / "classifier.safetensors")
+    assert not all(torch.equal(value, other.state_dict()[key]) for key, value in first.state_dict().items())

@@ -70,7 +70,7 @@ def test_every_stage_draws_on_its_batch_device():
     labels = np.arange(32) % 4
     ft = ClassifierTask(pixels.permute(0, 2, 3, 1), labels, FinetuneConfig(batch_size=8, imbalance="none"), 16, None,
                         trainer, 1)
-    batch, target = next(ft.batches(0, trainer.random, trainer.device))
+    batch, target, _ = next(ft.batches(0, trainer.random, trainer.device))
     assert trainer.random.torch.device.type == views.device.type == batch.device.type == target.device.type
 
 

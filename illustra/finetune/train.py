@@ -21,6 +21,7 @@ from torch import nn
 
 from illustra.config import build, yaml_defaults
 from illustra.curation.balance import class_weights, epoch_indices
+from illustra.finetune.mixstyle import MixStyle
 from illustra.finetune.model import TTA, Classifier, predict_proba, save_classifier
 from illustra.ssl.augment import ViewConfig, make_view, to_float
 from illustra.ssl.encoder import Encoder, EncoderConfig, load_encoder
@@ -52,6 +53,9 @@ class FinetuneConfig:
     mix: str  # none | mixup | cutmix: mix pairs of a batch (mixing weight uniform in [0, 1]) ...
     mix_prob: float  # ... in this share of the batches
     probe_epochs: int  # full / scratch: the first epochs train the head only (encoder lr 0, batch-norm frozen)
+    mixstyle: float  # MixStyle: per batch and block, the chance that feature statistics are mixed between images ...
+    mixstyle_alpha: float  # ... with weights ~ Beta(alpha, alpha) ...
+    mixstyle_blocks: int  # ... in the first this many blocks of the encoder (illustra/finetune/mixstyle.py)
     tta: str  # none | flip: test-time augmentation for validation, test and evaluate.py (kept in the weights)
     encoder: EncoderConfig  # used by scratch mode only
     input_size: int  # 0: the encoder's own; else train and predict at this size (<= cache size)
@@ -118,9 +122,10 @@ class ClassifierTask:
     """Fine-tuning's batches (the imbalance plan's epoch order, this rank's share, batched views) and its loss."""
 
     def __init__(self, images: torch.Tensor, labels: np.ndarray, config: FinetuneConfig, input_size: int,
-                 weights: torch.Tensor | None, trainer: Trainer, steps_per_epoch: int) -> None:
+                 weights: torch.Tensor | None, trainer: Trainer, steps_per_epoch: int,
+                 mixstyle: MixStyle | None = None) -> None:
         self.images, self.labels, self.config, self.size = images, labels, config, input_size
-        self.weights, self.trainer, self.steps = weights, trainer, steps_per_epoch
+        self.weights, self.trainer, self.steps, self.mixstyle = weights, trainer, steps_per_epoch, mixstyle
 
     def batches(self, epoch: int, random, device: torch.device):
         order = epoch_indices(self.labels, self.config.imbalance, random.epoch_order(epoch))  # same on every rank
@@ -132,11 +137,16 @@ class ClassifierTask:
             target = torch.from_numpy(self.labels[rows]).long().to(device)
             if self.config.mix != "none" and rand(1, random.torch, views).item() < self.config.mix_prob:
                 views, target = mix_batch(views, target, self.config.mix, random.torch)
-            yield self.trainer.to_input(views), target
+            plan = self.mixstyle.draw(len(views), random.torch, views) if self.mixstyle is not None else None
+            yield self.trainer.to_input(views), target, plan
 
     def loss(self, model: nn.Module, batch) -> torch.Tensor:
-        views, target = batch
-        logits = model(views).float()
+        views, target, plan = batch
+        if self.mixstyle is not None:  # Trick: MixStyle, feature statistics mixed between images (style, not content)
+            with self.mixstyle.apply(plan):
+                logits = model(views).float()
+        else:
+            logits = model(views).float()
         # Trick: label smoothing; the class-weighted loss when the imbalance plan says `weights`
         if isinstance(target, tuple):  # a mixed batch: the loss of both labels, by the mixing weight
             first, second, weight = target
@@ -185,6 +195,8 @@ def finetune(train_images: np.ndarray, train_labels: np.ndarray, val_images: np.
     trainer = Trainer(settings, run_dir, progress=progress)  # seeds everything: the head's init is reproducible too
     trainer.writer = tensorboard_writer(run_dir) if trainer.is_main else None
     model, architecture = build_model(config, len(classes), encoder_path)
+    mixstyle = MixStyle(model.encoder, config.mixstyle, config.mixstyle_alpha, config.mixstyle_blocks) \
+        if config.mixstyle > 0 and config.mode != "linear" else None
     model = trainer.prepare(model)
     optimizer = make_optimizer(model, config)
     counts = class_counts_array(train_labels, len(classes))
@@ -193,7 +205,7 @@ def finetune(train_images: np.ndarray, train_labels: np.ndarray, val_images: np.
     input_size = int(architecture["input_size"])
     images = torch.from_numpy(np.ascontiguousarray(train_images))
     val = torch.from_numpy(np.ascontiguousarray(val_images))
-    task = ClassifierTask(images, train_labels, config, input_size, weights, trainer, steps_per_epoch)
+    task = ClassifierTask(images, train_labels, config, input_size, weights, trainer, steps_per_epoch, mixstyle)
 
     encoder_groups = optimizer.param_groups[1:]
     encoder_lrs = [group["base_lr"] for group in encoder_groups]
