@@ -126,7 +126,7 @@ def test_every_run_is_what_its_level_says_under_each_profile(profile, monkeypatc
         if run.factor != "epochs":
             assert config.epochs == plan.defaults["epochs"], run.name
         if run.factor not in ("encoder_lr", "mode", "pretraining"):  # `base:` pins what the profile changed since
-            assert config.encoder_lr_scale == (1.0 if "encoder_lr-1.0" in run.level else 0.3), run.name
+            assert config.encoder_lr_scale == 0.3, run.name
         if run.factor != "tta":
             assert config.tta == "none", run.name
 
