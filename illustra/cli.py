@@ -106,7 +106,7 @@ def _cmd_curate(args: argparse.Namespace) -> int:
 def _cmd_finetune(args: argparse.Namespace) -> int:
     """Fine-tune the classifier on a curation run's cleaned, balanced set."""
     from illustra.config import load_config
-    from illustra.finetune.jobs import finetune_folder
+    from illustra.finetune.jobs import finetune_folder, split_table
     from illustra.finetune.train import FinetuneConfig
     from illustra.ssl.jobs import parse_duration
 
@@ -116,9 +116,11 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     if args.from_scratch:
         raw["mode"] = "scratch"
     config = FinetuneConfig.from_dict(raw)
+    table = None if args.split_seed is None else \
+        split_table(args.curation, args.split_seed, config.val_share, config.test_share)
     summary = finetune_folder(args.curation, args.out, args.work, config, args.encoder,
                               _data_cache_spec(args.work or _curation_work(args.curation)),
-                              resume=args.resume, final_on_all=args.all)
+                              resume=args.resume, final_on_all=args.all, table=table)
     if _rank() != 0:
         return 0
     last = {k: round(v, 4) if isinstance(v, float) else v for k, v in (summary["history"] or [{}])[-1].items()}
@@ -520,6 +522,9 @@ def build_parser() -> argparse.ArgumentParser:
     finetune.add_argument("--from-scratch", action="store_true", help="random encoder init, same recipe")
     finetune.add_argument("--resume", action="store_true", help="continue from RUN/checkpoint.safetensors")
     finetune.add_argument("--all", action="store_true", help="train on every cleaned image (no test score)")
+    finetune.add_argument("--split-seed", type=int, metavar="N",
+                          help="seed of the train / val / test split (default: the config's seed); fix it to "
+                               "compare training seeds on one split")
     finetune.set_defaults(run=_cmd_finetune)
 
     evaluate = commands.add_parser("evaluate", help="classification report of a weights file on a class-folder tree")

@@ -49,6 +49,10 @@ def test_end_to_end_pretrain_curate_finetune_evaluate(fixture_bench, tmp_path, c
     assert re.search(r"photos \d+ \(\d+ anchors(\)|: no photo evidence, none called\))", capsys.readouterr().out)
     assert main(["finetune", "--curation", str(tmp_path / "cur"), "--out", str(tmp_path / "ft"), "--encoder", encoder,
                  "--work", work, "--set", "epochs=1", "--set", "batch_size=16"]) == 0
+    assert main(["finetune", "--curation", str(tmp_path / "cur"), "--out", str(tmp_path / "ft1"), "--encoder", encoder,
+                 "--work", work, "--set", "epochs=1", "--set", "batch_size=16", "--set", "seed=1", "--split-seed", "0"]) == 0
+    split_of = {run: (tmp_path / run / "split.csv").read_text(encoding="utf-8") for run in ("ft", "ft1")}
+    assert split_of["ft"] == split_of["ft1"]  # another training seed, the same split
     capsys.readouterr()
     assert main(["evaluate", "--data", data, "--weights", str(tmp_path / "ft" / "classifier.safetensors")]) == 0
     out = capsys.readouterr().out
