@@ -10,6 +10,8 @@ from pathlib import Path
 
 import yaml
 
+from illustra.errors import ConfigError
+
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 
@@ -45,7 +47,7 @@ def build(cls, raw: dict | None):
     hints = {f.name: str(f.type) for f in dataclasses.fields(cls)}
     unknown = set(raw or {}) - set(hints)
     if unknown:
-        raise ValueError(f"unknown {cls.__name__} keys: {sorted(unknown)}; known: {sorted(hints)}")
+        raise ConfigError(f"unknown {cls.__name__} keys: {sorted(unknown)}; known: {sorted(hints)}")
     namespace = sys.modules[cls.__module__].__dict__
     values = {}
     for key, value in (raw or {}).items():
@@ -54,8 +56,18 @@ def build(cls, raw: dict | None):
             value = build(nested, value)
         elif isinstance(value, list) and hints[key].startswith("tuple"):
             value = tuple(value)
+        _check_scalar(cls, key, hints[key], value)
         values[key] = value
     return cls(**values)
+
+
+def _check_scalar(cls, key: str, hint: str, value) -> None:
+    """A plain int / float / bool / str key must hold that kind of value (e.g. `--set lr=oops` is one sentence)."""
+    ok = {"int": lambda v: isinstance(v, int) and not isinstance(v, bool),
+          "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+          "bool": lambda v: isinstance(v, bool), "str": lambda v: isinstance(v, str)}.get(hint)
+    if ok is not None and not ok(value):
+        raise ConfigError(f"{cls.__name__} key {key!r} must be a {hint}, not {value!r}")
 
 
 PROFILED = ("ssl", "finetune")  # configs whose dataclass records the profile it was resolved with

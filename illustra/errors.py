@@ -5,3 +5,7 @@ from __future__ import annotations
 
 class UserError(Exception):
     """A problem with the user's input, files or machine, said in one sentence that says what to do."""
+
+
+class ConfigError(UserError, ValueError):
+    """A config key that does not exist or holds the wrong kind of value (`--set lr=oops`)."""

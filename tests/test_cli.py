@@ -61,6 +61,8 @@ def test_end_to_end_pretrain_curate_finetune_evaluate(fixture_bench, tmp_path, c
 
 def test_user_errors_are_one_sentence_and_exit_2(fixture_bench, tmp_path, capsys):
     """Wrong weights, empty or mis-laid folders: a sentence that says what to do, never a traceback."""
+    assert main(["finetune", "--curation", str(tmp_path), "--out", str(tmp_path / "ft"), "--set", "mixstyle=oops"]) == 2
+    assert "'mixstyle' must be a float" in capsys.readouterr().err
     from test_curation import tiny_encoder
 
     from illustra.cli import evaluate_main
