@@ -10,6 +10,7 @@ resume, progress, TensorBoard) is the training core's (`illustra.train`).
 from __future__ import annotations
 
 import json
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -142,10 +143,8 @@ class ClassifierTask:
 
     def loss(self, model: nn.Module, batch) -> torch.Tensor:
         views, target, plan = batch
-        if self.mixstyle is not None:  # Trick: MixStyle, feature statistics mixed between images (style, not content)
-            with self.mixstyle.apply(plan):
-                logits = model(views).float()
-        else:
+        # Trick: MixStyle, feature statistics mixed between images (style, not content)
+        with self.mixstyle.apply(plan) if self.mixstyle is not None else nullcontext():
             logits = model(views).float()
         # Trick: label smoothing; the class-weighted loss when the imbalance plan says `weights`
         if isinstance(target, tuple):  # a mixed batch: the loss of both labels, by the mixing weight
