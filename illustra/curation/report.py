@@ -197,7 +197,9 @@ def _photo_evidence(manifest: pd.DataFrame):
     def why(r) -> str:
         parts = [f"photo_score {manifest.at[r, 'photo_score']:.2f}"]
         if "photo_anchor" in manifest and bool(manifest.at[r, "photo_anchor"]):
-            parts.append("anchor (fills its frame with photographic texture)")
+            fills = "foreground_share" in manifest and manifest.at[r, "foreground_share"] >= 0.98
+            parts.append("anchor (fills its frame with photographic texture)" if fills else
+                         "anchor (a cut-out: textured, many colours, hardly a flat step)")
         if pd.notna(manifest.at[r, "frame_score"]):
             parts.append(f"frame view {manifest.at[r, 'frame_score']:.2f}")
             if "frame_vote" in manifest and manifest.at[r, "frame_vote"] == 0 and manifest.at[r, "frame_score"] > 0.5:
@@ -218,20 +220,28 @@ def photos_section(manifest: pd.DataFrame, pixels: np.ndarray) -> str:
     if scored.empty:
         return section("photos", "Photos", "<p>photo detection was not run</p>")
     anchors = int(scored["photo_anchor"].astype(bool).sum()) if "photo_anchor" in scored else 0
-    anchor_text = (f"<p><b>Anchors</b>: {anchors} images fill their frame with photographic texture (foreground "
-                   "covers at least <code>photos.anchor_frame</code> of the picture and its texture share is at least "
-                   "<code>photos.anchor_texture</code>). That test is absolute; no drawing in the benchmark passes it. "
+    anchor_text = (f"<p><b>Anchors</b>: {anchors} images are sure photos by an absolute test: they fill their "
+                   "frame with photographic texture (foreground covers at least <code>photos.anchor_frame</code> of the "
+                   "picture, texture share at least <code>photos.anchor_texture</code>), or they are cut out onto a "
+                   "plain background with a foreground that is textured, rich in colour and hardly ever flat "
+                   "(<code>photos.anchor_cutout_texture</code>, <code>anchor_cutout_colours</code>, "
+                   "<code>anchor_cutout_flat</code>). No drawing of the benchmark or the dev grid passes either test. "
                    "Anchors are called photos and are the texture view's first photo examples. Both views below are "
-                   "relative to the folder and would always find a 'photo' side, so a folder with fewer than "
-                   "<code>photos.min_anchors</code> anchors gets no photo called at all.</p>")
+                   "relative to the folder and would always find a 'photo' side, so in a folder with fewer than "
+                   "<code>photos.min_anchors</code> anchors only the anchors are called.</p>")
     why = _photo_evidence(manifest)
     if "photo_anchor" in scored and scored["photo_share_estimate"].eq(0).all():
         frame_would = scored["frame_score"].fillna(0) > 0.5
+        called = scored[scored["is_photo"].astype(bool)]
+        plural = "" if len(called) == 1 else "s"
         return section("photos", "Photos", anchor_text + (
-            f"<p><b>No photo called: this folder shows no photo evidence.</b> The frame view's relative rule would "
+            f"<p><b>{'No photo called' if called.empty else f'Only its {len(called)} anchor{plural} called'}: this folder "
+            "shows too little photo evidence for the relative views.</b> The frame view's relative rule would "
             f"have called {int(frame_would.sum())} images; the most photo-like of them are below, so you can check "
-            "that none is a photograph (a folder whose photos are all cut out onto white has no anchor either: "
-            "then curate with <code>--set photos.min_anchors=0 --set photos.frame_full_only=false</code>).</p>"
+            "that none is a photograph (a folder whose photos are nearly all cut out onto white may have too few "
+            "anchors: then curate with <code>--set photos.min_anchors=0 --set photos.frame_full_only=false</code>).</p>"
+            + (f"<h4>called (anchors)</h4>{_thumbs(manifest, pixels, called.index, why=why)}" if len(called) else "")
+            + f"<h4>most photo-like by the frame view</h4>"
             f"{_thumbs(manifest, pixels, scored.sort_values('frame_score', ascending=False).index, why=why)}"))
     boundaries = scored["texture_boundary"].dropna() if "texture_boundary" in scored else pd.Series(dtype=float)
     threshold = float(boundaries.iloc[0]) if len(boundaries) else 0.0
