@@ -394,7 +394,7 @@ def test_a_folder_with_too_few_anchors_gets_its_anchors_called_and_nothing_else(
     pixels = np.stack([np.asarray(image.resize((64, 64))) for image in images])
     manifest = stats.join(result).assign(path=[f"c/{i}.png" for i in range(len(images))], cache_row=range(len(images)))
     html = photos_section(manifest, pixels)
-    assert "Only its 1 anchor called" in html and "a cut-out: textured" in html
+    assert "Only its 1 anchor called" in html and "a sure photo by the absolute test; its foreground covers" in html
 
 
 def test_a_folder_of_drawings_alone_gets_no_photo_called():

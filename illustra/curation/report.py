@@ -197,9 +197,9 @@ def _photo_evidence(manifest: pd.DataFrame):
     def why(r) -> str:
         parts = [f"photo_score {manifest.at[r, 'photo_score']:.2f}"]
         if "photo_anchor" in manifest and bool(manifest.at[r, "photo_anchor"]):
-            fills = "foreground_share" in manifest and manifest.at[r, "foreground_share"] >= 0.98
-            parts.append("anchor (fills its frame with photographic texture)" if fills else
-                         "anchor (a cut-out: textured, many colours, hardly a flat step)")
+            cover = (f"; its foreground covers {manifest.at[r, 'foreground_share']:.0%} of the picture"
+                     if "foreground_share" in manifest and pd.notna(manifest.at[r, "foreground_share"]) else "")
+            parts.append(f"anchor (a sure photo by the absolute test{cover})")
         if pd.notna(manifest.at[r, "frame_score"]):
             parts.append(f"frame view {manifest.at[r, 'frame_score']:.2f}")
             if "frame_vote" in manifest and manifest.at[r, "frame_vote"] == 0 and manifest.at[r, "frame_score"] > 0.5:
