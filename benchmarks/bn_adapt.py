@@ -18,7 +18,7 @@ import torch
 from sklearn.metrics import f1_score
 
 from illustra.data.cache import CacheSpec, open_pixels
-from illustra.finetune.model import adapt_batchnorm, load_classifier, predict_proba
+from illustra.finetune.model import adapt_batchnorm, load_classifier, predict_as_trained
 
 
 def score(run: Path, pixels) -> dict:
@@ -26,12 +26,14 @@ def score(run: Path, pixels) -> dict:
     split = pd.read_csv(run / "split.csv")
     test = split[split["split"] == "test"]
     model, meta = load_classifier(run / "classifier.safetensors")
-    size, tta = int(meta["preprocessing"]["input_size"]), meta["preprocessing"].get("tta", "none")
+    preprocessing = meta["preprocessing"]
+    size, resample = int(preprocessing["input_size"]), preprocessing.get("resample", "resize")
     squares = torch.from_numpy(np.asarray(pixels[np.sort(test["cache_row"].to_numpy())]))
     truth = test.sort_values("cache_row")["class_id"].to_numpy()
     row = {"run": str(run), "test_images": len(test)}
-    for name, evaluated in (("as_trained", model), ("adapted", adapt_batchnorm(model, squares, size))):
-        predicted = predict_proba(evaluated, squares, size, tta=tta).argmax(1)
+    adapted = adapt_batchnorm(model, squares, size, resample=resample)
+    for name, evaluated in (("as_trained", model), ("adapted", adapted)):
+        predicted = predict_as_trained(evaluated, squares, preprocessing).argmax(1)
         labels = sorted(set(truth.tolist()) | set(predicted.tolist()))
         row[f"macro_f1_{name}"] = round(float(f1_score(truth, predicted, average="macro", labels=labels,
                                                        zero_division=0)), 4)

@@ -115,10 +115,58 @@ def test_flip_tta_is_the_mean_over_the_mirrored_image(tiny_run):
     model, meta = load_classifier(tmp / "run" / "classifier.safetensors")
     size = int(meta["preprocessing"]["input_size"])
     squares = torch.randint(0, 256, (5, 32, 32, 3), dtype=torch.uint8)
-    plain, mirrored = predict_proba(model, squares, size), predict_proba(model, squares.flip(2), size)
-    assert np.allclose(predict_proba(model, squares, size, tta="flip"), (plain + mirrored) / 2, atol=1e-5)
+    for resample in ("grid", "resize"):
+        plain = predict_proba(model, squares, size, resample=resample)
+        mirrored = predict_proba(model, squares.flip(2), size, resample=resample)
+        assert np.allclose(predict_proba(model, squares, size, tta="flip", resample=resample), (plain + mirrored) / 2,
+                           atol=1e-5)
     with pytest.raises(ValueError):
         predict_proba(model, squares, size, tta="rotate")
+    with pytest.raises(ValueError):  # zoom crops: only the training views' resampling makes crops
+        predict_proba(model, squares, size, tta="zoom", resample="resize")
+
+
+def test_prediction_resamples_as_the_training_views_do():
+    """At 64 -> 32 px the training views' grid_sample is a 2x2 box mean; the old antialiased resize blurs more."""
+    import dataclasses
+
+    import torch
+    import torch.nn.functional as F
+
+    from illustra.finetune.model import eval_views
+    from illustra.ssl.augment import ViewConfig, crop_and_flip
+
+    images = torch.rand(3, 3, 64, 64)
+    (grid,) = eval_views(images, 32, "none", "grid")
+    assert torch.allclose(grid, F.avg_pool2d(images, 2), atol=1e-5)
+    (resized,) = eval_views(images, 32, "none", "resize")
+    assert not torch.allclose(resized, grid, atol=1e-2)
+    # the same image through the training augmentation with a whole-square, never-mirrored crop
+    whole = dataclasses.replace(ViewConfig(), crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), flip=0.0)
+    trained_view = crop_and_flip(images, 32, whole, torch.Generator().manual_seed(0))
+    assert torch.allclose(trained_view, grid, atol=1e-5)
+
+
+def test_zoom_tta_adds_the_central_crop_and_old_weights_keep_their_resampling(tiny_run):
+    """zoom = whole square + its central 90 % crop, each mirrored; a 3 px frame at 64 px is outside the crop."""
+    import torch
+
+    from illustra.finetune.model import eval_views, predict_as_trained, predict_proba
+
+    framed = torch.ones(1, 3, 64, 64)
+    framed[:, 1:, :3], framed[:, 1:, -3:], framed[:, 1:, :, :3], framed[:, 1:, :, -3:] = 0, 0, 0, 0  # red frame
+    views = eval_views(framed, 32, "zoom", "grid")
+    assert len(views) == 4
+    assert views[0][:, 1].min() < 0.5 and views[1][:, 1].min() < 0.5  # the whole square and its mirror see the frame
+    assert views[2][:, 1].min() > 0.99 and views[3][:, 1].min() > 0.99  # the crops do not
+    _, tmp, _ = tiny_run
+    model, meta = load_classifier(tmp / "run" / "classifier.safetensors")
+    assert meta["preprocessing"]["resample"] == "grid"  # new weights say how they were validated
+    squares = torch.randint(0, 256, (4, 32, 32, 3), dtype=torch.uint8)
+    old = {key: value for key, value in meta["preprocessing"].items() if key != "resample"}
+    size = int(meta["preprocessing"]["input_size"])
+    assert np.allclose(predict_as_trained(model, squares, old),
+                       predict_proba(model, squares, size, tta=old.get("tta", "none"), resample="resize"))
 
 
 @pytest.mark.parametrize("how", ["cutmix", "mixup"])

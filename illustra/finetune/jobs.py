@@ -18,7 +18,7 @@ from illustra.data.manifest import load_manifest, save_manifest
 from illustra.data.scan import scan_dataset
 from illustra.data.workspace import WorkspaceError, read_index_info, remap_to_index
 from illustra.errors import UserError
-from illustra.finetune.model import adapt_batchnorm, load_classifier, predict_proba, prepare
+from illustra.finetune.model import adapt_batchnorm, load_classifier, predict_as_trained, prepare
 from illustra.finetune.split import leaking_groups, split_manifest
 from illustra.finetune.train import CLASSIFIER, FinetuneConfig, finetune
 from illustra.ssl.jobs import preprocessing_of
@@ -148,7 +148,9 @@ def finetune_folder(curation: str | Path, out: str | Path, work: str | Path | No
     input_size = resolved_input_size(config, encoder)
     if input_size > spec.size:
         raise ValueError(f"input_size {input_size} is larger than the {spec.size} px pixel cache")
-    preprocessing = {**preprocessing_of(spec, input_size), "tta": config.tta}  # evaluate.py predicts the same way
+    # evaluate.py predicts the same way: these views, resampled as the training views are (model.RESAMPLE)
+    preprocessing = {**preprocessing_of(spec, input_size), "tta": config.tta, "resample": "grid",
+                     "resize": "fit into cache square by policy (white padding), then bilinear grid_sample"}
     summary = finetune(train_x, train_y, val_x, val_y, classes, out, config, preprocessing,
                        encoder, resume=resume, progress=progress, max_steps=max_steps)
     summary["split_sizes"] = {k: len(v) for k, v in parts.items()}
@@ -161,7 +163,7 @@ def finetune_folder(curation: str | Path, out: str | Path, work: str | Path | No
     if not final_on_all:
         test_x, test_y = arrays(parts["test"])
         model, _ = load_classifier(out / CLASSIFIER, pick_device())
-        predicted = predict_proba(model, torch.from_numpy(test_x), input_size, tta=config.tta).argmax(1)
+        predicted = predict_as_trained(model, torch.from_numpy(test_x), preprocessing).argmax(1)
         labels = list(range(len(classes)))
         present = sorted(set(test_y.tolist()) | set(predicted.tolist()))  # as evaluate.py: classes seen or predicted
         summary["test_macro_f1"] = float(f1_score(test_y, predicted, average="macro", labels=present, zero_division=0))
@@ -211,8 +213,7 @@ def predict_files(model, meta: dict, root: Path, paths: list[str], batch: int = 
         bar.update(min(batch, len(paths) - start))
         bad += failed
         if positions:
-            probabilities.append(predict_proba(model, squares, int(preprocessing["input_size"]),
-                                               tta=preprocessing.get("tta", "none")))
+            probabilities.append(predict_as_trained(model, squares, preprocessing))
             readable += [start + position for position in positions]
     bar.close()
     classes = len(meta["classes"])
@@ -233,9 +234,10 @@ def evaluate_folder(data: str | Path, weights: str | Path, adapt_bn: bool = Fals
                         f"({', '.join(classes[:3])}, ...)")
     if adapt_bn:  # all squares in memory (uint8, ~12 KB each at 64 px): the statistics need every image first
         squares, readable, bad = decode_files(meta, Path(data), paths)
-        input_size = int(meta["preprocessing"]["input_size"])
-        model = adapt_batchnorm(model, squares, input_size)
-        probabilities = predict_proba(model, squares, input_size, tta=meta["preprocessing"].get("tta", "none"))
+        preprocessing = meta["preprocessing"]
+        model = adapt_batchnorm(model, squares, int(preprocessing["input_size"]),
+                                resample=preprocessing.get("resample", "resize"))
+        probabilities = predict_as_trained(model, squares, preprocessing)
     else:
         probabilities, readable, bad = predict_files(model, meta, Path(data), paths)
     if not readable:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
@@ -14,7 +15,14 @@ from illustra.ssl.augment import normalise, resize_batch, to_float
 from illustra.ssl.encoder import Encoder, EncoderConfig
 from illustra.weights import load_weights, save_weights, with_prefix
 
-TTA = ("none", "flip")  # test-time augmentation: none, or the mean with the horizontally mirrored image
+# Test-time augmentation: the class probabilities of these views are averaged. none: the whole square; flip: and its
+# mirror; zoom: the whole square and its central 90 % crop, each also mirrored (4 views; benchmarks/tta.py).
+TTA = ("none", "flip", "zoom")
+ZOOM_SIDE = 0.9
+# How a cached square becomes network input at prediction. grid: one bilinear grid_sample, exactly as the training views
+# are made (at 64 -> 32 px that is a 2x2 box mean); resize: an antialiased resize, which blurs more than anything the
+# network saw in training. Weights written before 2026-11-27 carry no `resample` key and were validated with resize.
+RESAMPLE = ("grid", "resize")
 
 
 class Classifier(nn.Module):
@@ -63,25 +71,55 @@ def prepare(images: list[Image.Image], preprocessing: dict) -> torch.Tensor:
     return torch.from_numpy(np.stack([fit_square(image, spec) for image in images]))
 
 
+def check_views(tta: str, resample: str) -> None:
+    """ValueError unless `tta` and `resample` name views that `eval_views` can make."""
+    if tta not in TTA or resample not in RESAMPLE:
+        raise ValueError(f"unknown test-time augmentation {tta!r} or resampling {resample!r}; tta one of {TTA}, "
+                         f"resample one of {RESAMPLE}")
+    if tta == "zoom" and resample == "resize":
+        raise ValueError("tta='zoom' crops, so it needs resample='grid'")
+
+
+def eval_views(images: torch.Tensor, size: int, tta: str = "none", resample: str = "grid") -> list[torch.Tensor]:
+    """[0, 1] squares (N, 3, S, S) -> the views a prediction averages over, each (N, 3, size, size)."""
+    check_views(tta, resample)
+    if resample == "resize":
+        whole = resize_batch(images, size)
+        return [whole, whole.flip(3)] if tta == "flip" else [whole]
+    sides = {"none": [(1.0, 1.0)], "flip": [(1.0, 1.0), (1.0, -1.0)],
+             "zoom": [(1.0, 1.0), (1.0, -1.0), (ZOOM_SIDE, 1.0), (ZOOM_SIDE, -1.0)]}[tta]
+    views = []
+    for side, mirror in sides:  # a centred crop of `side` of the square, mirrored when mirror is -1
+        theta = torch.zeros(len(images), 2, 3, device=images.device, dtype=images.dtype)
+        theta[:, 0, 0], theta[:, 1, 1] = side * mirror, side
+        grid = F.affine_grid(theta, [len(images), 3, size, size], align_corners=False)
+        views.append(F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False))
+    return views
+
+
 @torch.no_grad()
 def predict_proba(model: Classifier, squares: torch.Tensor, input_size: int, batch_size: int = 256,
-                  tta: str = "none") -> np.ndarray:
-    """Class probabilities for uint8 squares (N, S, S, 3); tta="flip" averages them with the mirrored image's."""
-    if tta not in TTA:
-        raise ValueError(f"unknown test-time augmentation {tta!r}; one of {TTA}")
+                  tta: str = "none", resample: str = "grid") -> np.ndarray:
+    """Class probabilities for uint8 squares (N, S, S, 3): the mean over the views of `eval_views`."""
+    check_views(tta, resample)
     device = next(model.parameters()).device
     out = []
     for start in range(0, len(squares), batch_size):
-        batch = normalise(resize_batch(to_float(squares[start:start + batch_size].to(device)), input_size))
-        probabilities = torch.softmax(model(batch).float(), 1)
-        if tta == "flip":
-            probabilities = (probabilities + torch.softmax(model(batch.flip(3)).float(), 1)) / 2
-        out.append(probabilities.cpu())
+        views = eval_views(to_float(squares[start:start + batch_size].to(device)), input_size, tta, resample)
+        out.append((sum(torch.softmax(model(normalise(view)).float(), 1) for view in views) / len(views)).cpu())
     return torch.cat(out).numpy() if out else np.zeros((0, len(model.head.bias)), np.float32)
 
 
+def predict_as_trained(model: Classifier, squares: torch.Tensor, preprocessing: dict, batch_size: int = 256
+                       ) -> np.ndarray:
+    """`predict_proba` with a weights file's own preprocessing (input size, tta, resampling)."""
+    return predict_proba(model, squares, int(preprocessing["input_size"]), batch_size,
+                         tta=preprocessing.get("tta", "none"), resample=preprocessing.get("resample", "resize"))
+
+
 @torch.no_grad()
-def adapt_batchnorm(model: Classifier, squares: torch.Tensor, input_size: int, batch_size: int = 256) -> Classifier:
+def adapt_batchnorm(model: Classifier, squares: torch.Tensor, input_size: int, batch_size: int = 256,
+                    resample: str = "grid") -> Classifier:
     """AdaBN (Li et al., 2016): a copy of the model whose batch-norm statistics are re-estimated on these images.
 
     Unlabelled and transductive: the statistics of the folder being classified replace the training
@@ -99,5 +137,6 @@ def adapt_batchnorm(model: Classifier, squares: torch.Tensor, input_size: int, b
         norm.train()
     device = next(adapted.parameters()).device
     for start in range(0, len(squares), batch_size):
-        adapted(normalise(resize_batch(to_float(squares[start:start + batch_size].to(device)), input_size)))
+        adapted(normalise(eval_views(to_float(squares[start:start + batch_size].to(device)), input_size,
+                                     resample=resample)[0]))
     return adapted.eval()

@@ -57,7 +57,7 @@ class FinetuneConfig:
     mixstyle: float  # MixStyle: per batch and block, the chance that feature statistics are mixed between images ...
     mixstyle_alpha: float  # ... with weights ~ Beta(alpha, alpha) ...
     mixstyle_blocks: int  # ... in the first this many blocks of the encoder (illustra/finetune/mixstyle.py)
-    tta: str  # none | flip: test-time augmentation for validation, test and evaluate.py (kept in the weights)
+    tta: str  # none | flip | zoom: test-time augmentation for validation, test and evaluate.py (kept in the weights)
     encoder: EncoderConfig  # used by scratch mode only
     input_size: int  # 0: the encoder's own; else train and predict at this size (<= cache size)
     seed: int
@@ -111,11 +111,11 @@ def make_optimizer(model: Classifier, config: FinetuneConfig) -> torch.optim.Opt
 
 
 def macro_f1(model: Classifier, images: torch.Tensor, labels: np.ndarray, input_size: int, classes: int,
-             tta: str = "none") -> float:
+             tta: str = "none", resample: str = "grid") -> float:
     """Macro-F1 over all classes of a model on uint8 squares."""
     if len(labels) == 0:
         return float("nan")
-    predicted = predict_proba(model, images, input_size, tta=tta).argmax(1)
+    predicted = predict_proba(model, images, input_size, tta=tta, resample=resample).argmax(1)
     return float(f1_score(labels, predicted, average="macro", labels=list(range(classes)), zero_division=0))
 
 
@@ -217,7 +217,8 @@ def finetune(train_images: np.ndarray, train_labels: np.ndarray, val_images: np.
             group["base_lr"] = 0.0 if probing else lr
 
     def validate(evaluated: Classifier, state) -> dict:
-        return {"val_macro_f1": macro_f1(evaluated, val, val_labels, input_size, len(classes), config.tta)}
+        return {"val_macro_f1": macro_f1(evaluated, val, val_labels, input_size, len(classes), config.tta,
+                                          preprocessing.get("resample", "grid"))}
 
     meta = {"illustra_kind": "finetune-checkpoint", "config": config.to_dict()}
     final = trainer.fit(task, model, optimizer, resume=resume, max_steps=max_steps, end_of_epoch=validate,
