@@ -8,6 +8,7 @@ import pytest
 import yaml
 from test_curation import tiny_encoder
 
+from illustra.config import CONFIG_DIR
 from illustra.curation.photos import PhotoSettings
 from illustra.curation.run import CurationSettings, curate
 from illustra.experiments import runner
@@ -155,3 +156,26 @@ def test_loso_column_trains_without_each_style_and_scores_on_it(curated, tmp_pat
     analysis = json.loads((out / "analysis.json").read_text())
     assert any("leave-one-style-out" in line for line in analysis["text"])
     assert "LOSO macro-F1" in (out / "report.html").read_text()
+
+
+def test_the_report_says_what_each_profile_ships_and_why(tmp_path):
+    """Profile keys come with their YAML comment (continued on comment-only lines) and the plan's measured level."""
+    from illustra.experiments.report import plan_evidence, profile_choices
+
+    profile = tmp_path / "p.yaml"
+    profile.write_text("ssl:\n  epochs: 3   # not this section\nfinetune:\n  lr: 0.006   # faster\n"
+                       "              #   and better\n  encoder:\n    width: 64  # wider\n  tta: zoom\n", encoding="utf-8")
+    rows = profile_choices(profile)
+    assert rows == [{"key": "lr", "value": 0.006, "why": "faster and better"},
+                    {"key": "encoder.width", "value": 64, "why": "wider"},
+                    {"key": "tta", "value": "zoom", "why": ""}]
+    shipped = profile_choices(CONFIG_DIR / "profiles" / "cpu.yaml")
+    assert {r["key"] for r in shipped} >= {"lr", "tta", "encoder_lr_scale"} and all(r["why"] for r in shipped)
+    plan = load_plan("experiments.yaml", "recipe")
+    analysis = {"factors": [{"factor": "lr", "levels": [
+        {"level": "0.003", "baseline": True},
+        {"level": "0.006", "baseline": False, "delta_test": 0.037, "delta_val": 0.032, "delta_loso": float("nan"),
+         "verdict": "helps"}]}]}
+    assert plan_evidence(plan, analysis, "lr", 0.006).startswith("lr=0.006: test +0.037, val +0.032 (helps)")
+    assert plan_evidence(plan, analysis, "lr", 0.003) == "the plan's baseline"  # pinned by the plan's `base:`
+    assert plan_evidence(plan, analysis, "epochs", 26) == "not a level of this plan (its baseline: 8)"

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import html
 import json
+import re
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from illustra.config import CONFIG_DIR, merge
 from illustra.curation.report import STYLE, figure_tag, plt, section, table_tag
 from illustra.data.manifest import atomic_write_text
 from illustra.experiments.plan import Plan
@@ -78,6 +80,87 @@ def analysis_body(analysis: dict) -> str:
     return f"<ul>{items}</ul>" + table_tag(pd.DataFrame(rows))
 
 
+def profile_choices(path: str | Path, section_name: str = "finetune") -> list[dict]:
+    """The keys a device profile sets in one section, each with its value and the reason written beside it.
+
+    The reason is the key's YAML comment and the comment-only lines below it (the profile files are the single
+    source of truth for what ships, and say why there). Nested keys read `encoder.width`."""
+    rows: list[dict] = []
+    inside, parents = False, []
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        if not line.startswith(" "):
+            inside = line.split("#")[0].strip() == f"{section_name}:"
+            continue
+        if not inside:
+            continue
+        match = re.match(r"^(\s+)([A-Za-z_][\w]*):\s*([^#]*?)\s*(?:#\s?(.*))?$", line)
+        if match is None:  # a comment-only line: it continues the last key's reason
+            text = line.strip().lstrip("#").strip()
+            if rows and text:
+                rows[-1]["why"] = f"{rows[-1]['why']} {text}".strip()
+            continue
+        depth = len(match.group(1)) // 2 - 1
+        parents = parents[:depth] + [match.group(2)]
+        if match.group(3) == "":  # a mapping: its children carry the values
+            continue
+        rows.append({"key": ".".join(parents), "value": yaml_value(match.group(3)), "why": match.group(4) or ""})
+    return rows
+
+
+def yaml_value(text: str):
+    import yaml
+
+    return yaml.safe_load(text)
+
+
+def plan_evidence(plan: Plan, analysis: dict, key: str, value) -> str:
+    """What this plan measured for `key: value`: the level that sets exactly that, or the baseline's value."""
+    for factor in analysis["factors"]:
+        for level in factor["levels"]:
+            overrides = _flat((plan.factors.get(factor["factor"]) or {}).get(level["level"]) or {})
+            if not level["baseline"] and overrides == {key: value}:
+                loso = "" if np.isnan(level["delta_loso"]) else f", LOSO {level['delta_loso']:+.3f}"
+                return (f"{factor['factor']}={level['level']}: test {level['delta_test']:+.3f}, val "
+                        f"{level['delta_val']:+.3f}{loso} ({level['verdict']})")
+    base = _flat(merge(plan.finetune, plan.defaults)).get(key, "—")  # what the baseline run trained with
+    return "the plan's baseline" if base == value else f"not a level of this plan (its baseline: {base})"
+
+
+def _flat(mapping: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in mapping.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def shipped_body(plan: Plan, analysis: dict, profiles: Path = CONFIG_DIR / "profiles",
+                 weights: Path = CONFIG_DIR.parent / "checkpoints" / "classifier.safetensors") -> str:
+    """Per device profile: every fine-tuning key it ships, this plan's evidence for it, and the profile's reason."""
+    parts = []
+    if weights.exists():
+        from illustra.weights import read_metadata
+
+        meta = read_metadata(weights)
+        config, pre = meta.get("training", {}).get("config", {}), meta.get("preprocessing", {})
+        parts.append(f"<p>Shipped classifier <code>{html.escape(weights.name)}</code>: profile "
+                     f"<b>{html.escape(str(config.get('profile') or '?'))}</b>, lr {config.get('lr')}, encoder lr ×"
+                     f"{config.get('encoder_lr_scale')}, {meta.get('training', {}).get('epochs')} epochs on "
+                     f"{html.escape(str(meta.get('training', {}).get('device')))}, predicting with tta "
+                     f"<b>{html.escape(str(pre.get('tta')))}</b> ({html.escape(str(pre.get('resample', 'resize')))} "
+                     "resampling). Its split and leave-one-style-out figures are in checkpoints/README.md.</p>")
+    for path in sorted(profiles.glob("*.yaml")):
+        rows = [{"key": r["key"], "ships": r["value"], "this plan measured": plan_evidence(plan, analysis, r["key"],
+                                                                                          r["value"]),
+                 "why (the profile's own words)": r["why"]} for r in profile_choices(path)]
+        parts.append(f"<h3>profile <code>{html.escape(path.stem)}</code></h3>" + table_tag(pd.DataFrame(rows)))
+    return "".join(parts) or "<i>no device profiles found</i>"
+
+
 def write_report(path: str | Path, plan: Plan, summary: pd.DataFrame, results: list[dict], analysis: dict) -> None:
     """Write the report; it embeds every figure, so the file opens offline."""
     by_name = {r["run"]: r for r in results}
@@ -88,6 +171,7 @@ def write_report(path: str | Path, plan: Plan, summary: pd.DataFrame, results: l
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     sections = [
         section("analysis", "What mattered (generated from the numbers)", analysis_body(analysis)),
+        section("shipped", "What each device profile ships, and why", shipped_body(plan, analysis)),
         section("effects", "Effect of each factor level on test macro-F1", effects_figure(analysis)),
         section("results", "All runs", table_tag(summary[columns])),
         section("curves", "Learning curves (validation macro-F1)",
