@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import yaml
 
 from illustra.config import CONFIG_DIR, merge
 from illustra.curation.report import STYLE, figure_tag, plt, section, table_tag
@@ -105,14 +106,8 @@ def profile_choices(path: str | Path, section_name: str = "finetune") -> list[di
         parents = parents[:depth] + [match.group(2)]
         if match.group(3) == "":  # a mapping: its children carry the values
             continue
-        rows.append({"key": ".".join(parents), "value": yaml_value(match.group(3)), "why": match.group(4) or ""})
+        rows.append({"key": ".".join(parents), "value": yaml.safe_load(match.group(3)), "why": match.group(4) or ""})
     return rows
-
-
-def yaml_value(text: str):
-    import yaml
-
-    return yaml.safe_load(text)
 
 
 def plan_evidence(plan: Plan, analysis: dict, key: str, value) -> str:
