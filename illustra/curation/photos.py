@@ -334,8 +334,9 @@ def neighbour_support(embeddings: np.ndarray, called: np.ndarray, k: int) -> np.
 
     Photos crawled into a folder come in kinds, so a photo's nearest neighbours hold other photos; a glossy
     drawing the texture view calls sits among drawings. A call of the texture view alone whose support is
-    below `min_support` is withdrawn: on the benchmark (2 of 20) that took back 31 drawings and 1 photo
-    (benchmarks/RESULTS.md).
+    below `min_support` is withdrawn: on the benchmark 2 of 20 took back 31 drawings and 1 photo; 6 of 20 (the
+    default since 2026-11-27) halves the false calls of glossy icons where photos are common, at a cost in
+    folders with very few photos, whose photos have few photo neighbours to ask (benchmarks/RESULTS.md).
     """
     vectors = np.asarray(embeddings, dtype=np.float32)
     vectors = vectors / np.linalg.norm(vectors, axis=1, keepdims=True).clip(1e-12)
