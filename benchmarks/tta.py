@@ -27,11 +27,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from sklearn.metrics import f1_score
 
 from illustra.data.cache import CacheSpec, open_pixels
-from illustra.finetune.model import TTA, check_views, load_classifier
+from illustra.finetune.model import TTA, check_views, crop_view, load_classifier
 from illustra.ssl.augment import normalise, resize_batch, to_float
 from illustra.weights import load_weights, save_weights
 
@@ -65,11 +64,7 @@ def view_batch(images: torch.Tensor, size: int, view: tuple, resampling: str) ->
         assert (side, cx, cy) == (1.0, 0.0, 0.0), "resize resampling only makes the whole square"
         out = resize_batch(images, size)
         return out.flip(3) if mirror else out
-    theta = torch.zeros(len(images), 2, 3)
-    theta[:, 0, 0], theta[:, 0, 2] = side * (-1.0 if mirror else 1.0), cx
-    theta[:, 1, 1], theta[:, 1, 2] = side, cy
-    grid = F.affine_grid(theta, [len(images), 3, size, size], align_corners=False)
-    return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return crop_view(images, size, side, (cx, cy), mirror)
 
 
 @torch.no_grad()

@@ -86,15 +86,20 @@ def eval_views(images: torch.Tensor, size: int, tta: str = "none", resample: str
     if resample == "resize":
         whole = resize_batch(images, size)
         return [whole, whole.flip(3)] if tta == "flip" else [whole]
-    sides = {"none": [(1.0, 1.0)], "flip": [(1.0, 1.0), (1.0, -1.0)],
-             "zoom": [(1.0, 1.0), (1.0, -1.0), (ZOOM_SIDE, 1.0), (ZOOM_SIDE, -1.0)]}[tta]
-    views = []
-    for side, mirror in sides:  # a centred crop of `side` of the square, mirrored when mirror is -1
-        theta = torch.zeros(len(images), 2, 3, device=images.device, dtype=images.dtype)
-        theta[:, 0, 0], theta[:, 1, 1] = side * mirror, side
-        grid = F.affine_grid(theta, [len(images), 3, size, size], align_corners=False)
-        views.append(F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False))
-    return views
+    sides = {"none": [(1.0, False)], "flip": [(1.0, False), (1.0, True)],
+             "zoom": [(1.0, False), (1.0, True), (ZOOM_SIDE, False), (ZOOM_SIDE, True)]}[tta]
+    return [crop_view(images, size, side, mirrored=mirrored) for side, mirrored in sides]
+
+
+def crop_view(images: torch.Tensor, size: int, side: float = 1.0, centre: tuple[float, float] = (0.0, 0.0),
+              mirrored: bool = False) -> torch.Tensor:
+    """A square crop of `side` (share of the square) at `centre` (in [-1, 1]), resampled to `size` as the training
+    views are (one bilinear grid_sample, border padding), mirrored or not."""
+    theta = torch.zeros(len(images), 2, 3, device=images.device, dtype=images.dtype)
+    theta[:, 0, 0], theta[:, 1, 1] = side * (-1.0 if mirrored else 1.0), side
+    theta[:, 0, 2], theta[:, 1, 2] = centre
+    grid = F.affine_grid(theta, [len(images), 3, size, size], align_corners=False)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
 @torch.no_grad()
