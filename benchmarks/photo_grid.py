@@ -123,19 +123,27 @@ def scores(truth: np.ndarray, called: np.ndarray, score: np.ndarray) -> dict:
 
 def score_folder(name: str, data: Path, work: Path, embeddings_dir: Path, truth_dir: Path,
                  settings: PhotoSettings, anchors: bool, dump: Path | None = None,
-                 without_photos: bool = False) -> list[dict]:
+                 without_photos: bool = False, subsample: float = 1.0, subsample_seed: int = 0) -> list[dict]:
     manifest = load_manifest(embeddings_dir / "manifest.csv")
     embeddings = np.load(embeddings_dir / "embeddings.npy")
     evidence = evidence_for(data, work, manifest, settings)
     truth = manifest["path"].isin(set(pd.read_csv(truth_dir / "photos.csv")["path"])).to_numpy()
-    if without_photos:  # the folder's drawings alone: a folder with no photo at all (rows joined by position)
-        keep = ~truth
+    keep = np.ones(len(truth), bool)
+    if without_photos:  # the folder's drawings alone: a folder with no photo at all
+        keep &= ~truth
+        name = f"{name}_nophoto"
+    if subsample < 1:  # a smaller folder of the same mix: photos and drawings each kept at this share
+        rng = np.random.default_rng(subsample_seed)
+        for side in (truth, ~truth):
+            rows = np.flatnonzero(side & keep)
+            keep[rng.permutation(rows)[int(round(subsample * len(rows))):]] = False
+        name = f"{name}_s{round(subsample * 100):02d}"
+    if not keep.all():  # rows joined by position: statistics, patches and embeddings are subset alike
         position = np.cumsum(keep) - 1
         taken = keep[evidence.owner]
         evidence = evidence._replace(stats=evidence.stats[keep], patches=evidence.patches[taken],
                                      owner=position[evidence.owner[taken]])
         manifest, embeddings, truth = manifest[keep], embeddings[keep], truth[keep]
-        name = f"{name}_nophoto"
     started = time.perf_counter()
     result = detect_photos(evidence.stats, embeddings, settings, evidence.patches, evidence.owner)
     seconds = time.perf_counter() - started
@@ -204,6 +212,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--csv", type=Path, help="append the result rows to this CSV")
     parser.add_argument("--without-photos", action="store_true",
                         help="score each folder's drawings alone (a folder with no photo: only FP counts)")
+    parser.add_argument("--subsample", type=float, default=1.0,
+                        help="score a random share of each folder (photos and drawings alike): a smaller folder, same mix")
+    parser.add_argument("--subsample-seed", type=int, default=0)
     parser.add_argument("--dump", type=Path, help="write each folder's per-image outputs here (CELL.csv)")
     args = parser.parse_args(argv)
     grid = cells(args.parts, args.cells)
@@ -233,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
                  args.root / cell_name(*c) / "embeddings", args.root / cell_name(*c) / "truth") for c in grid])
     for name, data, work, embeddings_dir, truth_dir in targets:
         cell_rows = score_folder(name, data, work, embeddings_dir, truth_dir, settings, not args.no_anchors,
-                                 args.dump, args.without_photos)
+                                 args.dump, args.without_photos, args.subsample, args.subsample_seed)
         for row in cell_rows:
             print(f"{row['cell']:<14} {row['method']:<16} P {row['P']:.3f} R {row['R']:.3f} F1 {row['F1']:.3f} "
                   f"AUC {row['AUC']:.3f} FP {row['FP_rate']:.4f}"
