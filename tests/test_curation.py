@@ -27,6 +27,7 @@ from illustra.curation.photos import (
     photo_anchors,
     photo_index,
     photo_share_estimate,
+    support_needed,
     texture_boundary,
     texture_labels,
     texture_share,
@@ -434,6 +435,17 @@ def test_a_call_with_no_called_neighbour_has_no_support():
     assert (support[:12] == 1).all() and support[20] == 0
     assert support[12] == neighbour_support(embeddings, called, 5)[72]  # a drawing and its copy see the same others
     assert neighbour_support(embeddings[:1], called[:1], 5).tolist() == [0.0]  # one image: nobody to ask
+
+
+def test_support_needed_follows_the_called_share_between_a_floor_and_a_cap():
+    """Support is judged against chance (the called share): a fixed floor where photos are few, a cap where many."""
+    fixed = PhotoSettings(min_support=0.3, support_lift=0.0, max_support=0.3)
+    lifted = replace(fixed, min_support=0.2, support_lift=1.5, max_support=0.4)
+    assert support_needed(40, 600, fixed) == support_needed(300, 600, fixed) == 0.3
+    assert support_needed(40, 600, lifted) == 0.2  # 7 % called: 1.5 x 0.067 = 0.1 is below the floor
+    assert support_needed(150, 600, lifted) == pytest.approx(0.375)  # 25 % called: 1.5 x chance
+    assert support_needed(300, 600, lifted) == 0.4  # half called: the cap
+    assert support_needed(0, 0, lifted) == 0.2  # nothing to judge: the floor
 
 
 def test_either_view_calls_a_photo_and_an_image_without_patches_keeps_its_frame_score():

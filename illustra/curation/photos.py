@@ -66,7 +66,9 @@ class PhotoSettings:
     min_anchors: int  # fewer anchors in a folder: only they are called (both views are relative to the folder)
     frame_full_only: bool  # the frame view calls only images that fill their frame (cut-outs: the texture view)
     support_neighbours: int  # k SSL-embedding neighbours that a texture-view-only call is checked against ...
-    min_support: float  # ... and the share of them that must be called too (0: no check)
+    min_support: float  # ... and the share of them that must be called too (0: no check) ...
+    support_lift: float  # ... or this many times the folder's called share, if more (0: min_support alone) ...
+    max_support: float  # ... but never more than this
     self_training_rounds: int  # logistic regression on confident pseudo-labels, stats + embedding PCA; 0: off
     self_training_components: int
     self_training_confidence: float  # round 1 trusts scores above this / below 1 - this
@@ -311,7 +313,9 @@ def detect_photos(stats: pd.DataFrame, embeddings: np.ndarray | None, settings: 
         support = np.full(len(out), np.nan)
         support[valid] = neighbour_support(embeddings[valid], called, settings.support_neighbours)
         out["photo_support"] = support
-        alone = (support < settings.min_support) & ~(np.nan_to_num(frame_vote) > settings.threshold)
+        needed = support_needed(int(called.sum()), len(called), settings)
+        out["photo_support_needed"] = needed
+        alone = (support < needed) & ~(np.nan_to_num(frame_vote) > settings.threshold)
         out.loc[alone, "photo_score"] = np.fmin(out.loc[alone, "photo_score"], settings.threshold)
     out["is_photo"] = out["photo_score"].fillna(0) > settings.threshold
     return out
@@ -321,7 +325,8 @@ def no_photo_columns(index: pd.Index) -> pd.DataFrame:
     """The photo job's columns for rows it did not judge (no statistics, too few images, job skipped)."""
     return pd.DataFrame({"photo_score": np.nan, "is_photo": False, "photo_cluster": -1, "frame_score": np.nan,
                          "patch_logit": np.nan, "texture_boundary": np.nan, "photo_share_estimate": np.nan,
-                         "photo_anchor": False, "frame_vote": np.nan, "photo_support": np.nan}, index=index)
+                         "photo_anchor": False, "frame_vote": np.nan, "photo_support": np.nan,
+                         "photo_support_needed": np.nan}, index=index)
 
 
 def fills_frame(stats: pd.DataFrame, settings: PhotoSettings = PhotoSettings()) -> np.ndarray:
@@ -334,9 +339,10 @@ def neighbour_support(embeddings: np.ndarray, called: np.ndarray, k: int) -> np.
 
     Photos crawled into a folder come in kinds, so a photo's nearest neighbours hold other photos; a glossy
     drawing the texture view calls sits among drawings. A call of the texture view alone whose support is
-    below `min_support` is withdrawn: on the benchmark 2 of 20 took back 31 drawings and 1 photo; 6 of 20 (the
-    default since 2026-11-27) halves the false calls of glossy icons where photos are common, at a cost in
-    folders with very few photos, whose photos have few photo neighbours to ask (benchmarks/RESULTS.md).
+    below `support_needed` is withdrawn: on the benchmark 2 of 20 took back 31 drawings and 1 photo; 6 of 20
+    halved the false calls of glossy icons where photos are common, at a cost in folders with few photos, whose
+    cut-outs have drawings among their neighbours; so the share asked now follows the folder's called share
+    (benchmarks/RESULTS.md).
     """
     vectors = np.asarray(embeddings, dtype=np.float32)
     vectors = vectors / np.linalg.norm(vectors, axis=1, keepdims=True).clip(1e-12)
@@ -348,6 +354,21 @@ def neighbour_support(embeddings: np.ndarray, called: np.ndarray, k: int) -> np.
     own[~own.any(axis=1), -1] = True  # an exact copy may stand before the image itself: drop the last instead
     others = neighbours[~own].reshape(len(vectors), k)
     return np.asarray(called, bool)[np.clip(others, 0, None)].mean(axis=1)
+
+
+def support_needed(calls: int, images: int, settings: PhotoSettings = PhotoSettings()) -> float:
+    """The neighbour support a texture-view-only call needs, in a folder of `images` where `calls` are called.
+
+    A random image's neighbours are called about as often as the folder's called share, so support is judged
+    against that chance level: `support_lift` times the called share, at least `min_support` and at most
+    `max_support`. A fixed share asks too much where photos are few (a cut-out photo on white has drawings
+    among its neighbours, and few photos of its kind) and too little where they are many (a glossy drawing in
+    a folder that is half photos sits at chance); chosen on dev folders of two sizes (benchmarks/RESULTS.md).
+    """
+    if settings.support_lift <= 0 or images <= 0:
+        return settings.min_support
+    return float(np.clip(settings.support_lift * calls / images, settings.min_support,
+                         max(settings.max_support, settings.min_support)))
 
 
 def photo_anchors(stats: pd.DataFrame, settings: PhotoSettings = PhotoSettings()) -> np.ndarray:

@@ -207,7 +207,9 @@ def _photo_evidence(manifest: pd.DataFrame):
         if pd.notna(manifest.at[r, "patch_logit"]):
             parts.append(f"texture view {manifest.at[r, 'patch_logit']:+.1f}")
         if "photo_support" in manifest and pd.notna(manifest.at[r, "photo_support"]):
-            parts.append(f"{manifest.at[r, 'photo_support']:.0%} of its nearest neighbours called")
+            needed = (f" (a texture-view-only call needs {manifest.at[r, 'photo_support_needed']:.0%})"
+                      if "photo_support_needed" in manifest and pd.notna(manifest.at[r, "photo_support_needed"]) else "")
+            parts.append(f"{manifest.at[r, 'photo_support']:.0%} of its nearest neighbours called{needed}")
         if "texture_share" in manifest and pd.notna(manifest.at[r, "texture_share"]):
             parts.append(f"textured foreground {manifest.at[r, 'texture_share']:.0%}")
         return ", ".join(parts)
@@ -290,8 +292,9 @@ def photos_section(manifest: pd.DataFrame, pixels: np.ndarray) -> str:
             "from the first's confident calls). It trains on equal numbers of both in every batch, so its logit "
             f"reads as evidence at even odds. {share} A call of the texture view alone is withdrawn when too few of "
             "the image's nearest neighbours in the SSL embedding are called too (<code>photos.min_support</code> "
-            "of <code>photos.support_neighbours</code>): crawled photos come in kinds, a glossy drawing sits "
-            "among drawings.</p>"
+            "of <code>photos.support_neighbours</code>, or <code>photos.support_lift</code> times the folder's called "
+            "share, the chance level, if more, up to <code>photos.max_support</code>): crawled photos come in kinds, "
+            "a glossy drawing sits among drawings.</p>"
             f"{figure_tag(fig)}<h4>most photo-like</h4>{_thumbs(manifest, pixels, order.index[::-1], why=why)}"
             f"<h4>called by the texture view only (most confident first)</h4>"
             f"{_thumbs(manifest, pixels, scored[texture_only].sort_values('patch_logit', ascending=False).index, why=why)}"
