@@ -480,7 +480,7 @@ def test_curate_writes_every_output_and_never_touches_data(fixture_bench, tmp_pa
     assert {p: p.read_bytes() for p in data.rglob("*") if p.is_file()} == before
     photos = pd.read_csv(tmp_path / "cur" / "photos.csv")
     assert list(photos.columns) == ["path", "file_id", "photo_score", "is_photo", "photo_anchor", "frame_score",
-                                    "patch_logit", "texture_boundary"]
+                                    "patch_logit", "texture_boundary", "photo_support", "photo_support_needed"]
     assert photos["photo_score"].between(0, 1).all()
     assert any((tmp_path / "cur" / "tb").glob("events.out.tfevents.*"))  # the texture view's loss curve
     assert not photos["path"].str.contains("\\\\").any() and not photos["path"].str.startswith("/").any()
