@@ -5,6 +5,7 @@
     python benchmarks/photo_grid.py score   --root work/photo_grid --parts dev [--cells p50_c90 ...] [--set KEY=VALUE ...]
     python benchmarks/photo_grid.py score   --bench work/bench --work work/index --embeddings work/embeddings
     python benchmarks/photo_grid.py rules   --dump DIR   (after score --dump DIR: the views' combination rule)
+    python benchmarks/photo_grid.py support --dump DIR [--root ...] [--embeddings E]   (the neighbour-support rule)
 
 `build` makes one holdout folder per cell (`illustra bench holdout --photos P --cutouts C`): drawings of
 icon styles the benchmark never uses, photos from OpenCV's sample pictures, P of the files photos and C
@@ -37,7 +38,14 @@ from sklearn.ensemble import IsolationForest
 from sklearn.metrics import f1_score, precision_score, recall_score, roc_auc_score
 from sklearn.mixture import GaussianMixture
 
-from illustra.curation.photos import PhotoSettings, detect_photos, evidence_cache_path, photo_evidence
+from illustra.curation.photos import (
+    PhotoSettings,
+    detect_photos,
+    evidence_cache_path,
+    neighbour_support,
+    photo_evidence,
+    support_needed,
+)
 from illustra.data.cache import CacheSpec, open_pixels
 from illustra.data.manifest import load_manifest
 from illustra.data.workspace import read_index_info
@@ -195,10 +203,47 @@ def decision_rules(dump: Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+SUPPORT_RULES = [{"min_support": m, "support_lift": 0.0} for m in (0.1, 0.2, 0.3, 0.4)] + [
+    {"min_support": floor, "support_lift": lift, "max_support": cap}
+    for lift in (1.0, 1.5, 2.0) for floor in (0.1, 0.2) for cap in (0.3, 0.4, 0.5)]
+
+
+def support_rules(dump: Path, root: Path, embeddings: Path | None) -> pd.DataFrame:
+    """Each neighbour-support rule (`SUPPORT_RULES`), scored on every dumped folder without rerunning the views.
+
+    The support check only withdraws texture-view-only calls after both views have run, so the calls before it
+    (`frame_vote`, `patch_logit`, `texture_boundary` of the dump) and the folder's SSL embeddings give every
+    rule's calls exactly. A folder where only the anchors were called keeps its calls.
+    """
+    rows = []
+    for path in sorted(dump.glob("*.csv")):
+        table = pd.read_csv(path)
+        table = table[table["photo_score"].notna()].reset_index(drop=True)
+        folder = embeddings if path.stem == "bench" else root / "_".join(path.stem.split("_")[:3]) / "embeddings"
+        manifest = load_manifest(folder / "manifest.csv")
+        position = pd.Series(np.arange(len(manifest)), index=manifest["path"].to_numpy())
+        vectors = np.load(folder / "embeddings.npy")[position[table["path"]].to_numpy()]
+        truth = table["truth"].to_numpy(bool)
+        vote = table["frame_vote"].to_numpy(float)
+        relative = table["texture_boundary"].notna().any()
+        if relative:
+            texture = 1 / (1 + np.exp(-(table["patch_logit"].to_numpy(float) - table["texture_boundary"].dropna().iloc[0])))
+            before = np.nan_to_num(np.where(np.isnan(texture), vote, np.fmax(vote, texture))) > 0.5
+            support = neighbour_support(vectors, before, PhotoSettings().support_neighbours)
+        for rule in SUPPORT_RULES:
+            called = table["photo_score"].to_numpy(float) > 0.5
+            if relative:
+                needed = support_needed(int(before.sum()), len(before), PhotoSettings(**{"max_support": 1.0, **rule}))
+                called = before & ~((support < needed) & ~(np.nan_to_num(vote) > 0.5))
+            rows.append({"folder": path.stem, **{"max_support": np.nan, **rule},
+                         **scores(truth, called, called.astype(float))})
+    return pd.DataFrame(rows)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("command", choices=["build", "prepare", "score", "rules"])
+    parser.add_argument("command", choices=["build", "prepare", "score", "rules", "support"])
     parser.add_argument("--root", type=Path, default=Path("work/photo_grid"))
     parser.add_argument("--parts", nargs="+", default=["dev"], choices=["dev", "test"])
     parser.add_argument("--cells", nargs="*", help="only these cells, e.g. p50_c90 or dev_p50_c90")
@@ -230,6 +275,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"best by the smallest F1 over the folders: f={best[0]} t={best[1]} g={best[2]}")
         chosen = table[(table["f"] == best[0]) & (table["t"] == best[1]) & (table["g"] == best[2])]
         print(chosen.round(3).to_string(index=False))
+        return 0
+    if args.command == "support":  # study the neighbour-support rule on dumped folders
+        table = support_rules(args.dump, args.root, args.embeddings)
+        keys = ["min_support", "support_lift", "max_support"]
+        summary = table.fillna({"max_support": -1}).groupby(keys).agg(
+            mean_F1=("F1", "mean"), cells_095=("F1", lambda f: int((f >= 0.95).sum())), mean_FP=("FP_rate", "mean"))
+        print(summary.sort_values("mean_F1", ascending=False).round(4).to_string())
         return 0
     if args.command == "prepare":
         prepare(args.root, grid, args.encoder)
