@@ -40,6 +40,7 @@ from sklearn.mixture import GaussianMixture
 
 from illustra.curation.photos import (
     PhotoSettings,
+    combine_views,
     detect_photos,
     evidence_cache_path,
     neighbour_support,
@@ -227,8 +228,8 @@ def support_rules(dump: Path, root: Path, embeddings: Path | None) -> pd.DataFra
         vote = table["frame_vote"].to_numpy(float)
         relative = table["texture_boundary"].notna().any()
         if relative:
-            texture = 1 / (1 + np.exp(-(table["patch_logit"].to_numpy(float) - table["texture_boundary"].dropna().iloc[0])))
-            before = np.nan_to_num(np.where(np.isnan(texture), vote, np.fmax(vote, texture))) > 0.5
+            before = np.nan_to_num(combine_views(vote, table["patch_logit"].to_numpy(float),
+                                                 boundary=table["texture_boundary"].dropna().iloc[0])) > 0.5
             support = neighbour_support(vectors, before, PhotoSettings().support_neighbours)
         for rule in SUPPORT_RULES:
             called = table["photo_score"].to_numpy(float) > 0.5
