@@ -6,6 +6,7 @@
     python benchmarks/photo_grid.py score   --bench work/bench --work work/index --embeddings work/embeddings
     python benchmarks/photo_grid.py rules   --dump DIR   (after score --dump DIR: the views' combination rule)
     python benchmarks/photo_grid.py support --dump DIR [--root ...] [--embeddings E]   (the neighbour-support rule)
+    python benchmarks/photo_grid.py promote --dump DIR [--root ...] [--embeddings E] [--csv F]   (neighbour promotion)
 
 `build` makes one holdout folder per cell (`illustra bench holdout --photos P --cutouts C`): drawings of
 icon styles the benchmark never uses, photos from OpenCV's sample pictures, P of the files photos and C
@@ -43,6 +44,7 @@ from illustra.curation.photos import (
     combine_views,
     detect_photos,
     evidence_cache_path,
+    neighbour_promotion,
     neighbour_support,
     photo_evidence,
     support_needed,
@@ -241,10 +243,50 @@ def support_rules(dump: Path, root: Path, embeddings: Path | None) -> pd.DataFra
     return pd.DataFrame(rows)
 
 
+PROMOTE_RULES = [{"promote_support": 0.0}] + [
+    {"promote_support": floor, "promote_lift": lift, "promote_margin": margin}
+    for lift in (2.0, 3.0) for floor in (0.4, 0.45, 0.5) for margin in (1.5, 2.0, 2.5, 3.0, 4.0, 6.0)]
+
+
+def promote_rules(dump: Path, root: Path, embeddings: Path | None) -> pd.DataFrame:
+    """Each neighbour-promotion rule (`PROMOTE_RULES`), scored on every dumped folder without rerunning the views.
+
+    As `support_rules`: the calls before the support check come from the dump, the shipped support rule withdraws
+    its calls, and each rule then promotes (`neighbour_promotion`); exact, because both steps only read the views'
+    outputs and the folder's SSL embeddings.
+    """
+    rows = []
+    for path in sorted(dump.glob("*.csv")):
+        table = pd.read_csv(path)
+        table = table[table["photo_score"].notna()].reset_index(drop=True)
+        folder = embeddings if path.stem == "bench" else root / "_".join(path.stem.split("_")[:3]) / "embeddings"
+        manifest = load_manifest(folder / "manifest.csv")
+        position = pd.Series(np.arange(len(manifest)), index=manifest["path"].to_numpy())
+        vectors = np.load(folder / "embeddings.npy")[position[table["path"]].to_numpy()]
+        truth = table["truth"].to_numpy(bool)
+        vote = table["frame_vote"].to_numpy(float)
+        called = table["photo_score"].to_numpy(float) > 0.5
+        relative = table["texture_boundary"].notna().any()
+        if relative:
+            boundary = table["texture_boundary"].dropna().iloc[0]
+            logit = table["patch_logit"].to_numpy(float)
+            before = np.nan_to_num(combine_views(vote, logit, boundary=boundary)) > 0.5
+            support = neighbour_support(vectors, before, PhotoSettings().support_neighbours)
+            needed = support_needed(int(before.sum()), len(before), PhotoSettings())
+            called = before & ~((support < needed) & ~(np.nan_to_num(vote) > 0.5))
+        for rule in PROMOTE_RULES:
+            final = called
+            if relative:
+                final = called | neighbour_promotion(vectors, called, logit - boundary, replace(PhotoSettings(), **rule))[0]
+            rows.append({"folder": path.stem, **{"promote_lift": np.nan, "promote_margin": np.nan, **rule},
+                         **scores(truth, final, final.astype(float))})
+    return pd.DataFrame(rows)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("command", choices=["build", "prepare", "score", "rules", "support"])
+    parser.add_argument("command", choices=["build", "prepare", "score", "rules", "support", "promote"])
     parser.add_argument("--root", type=Path, default=Path("work/photo_grid"))
     parser.add_argument("--parts", nargs="+", default=["dev"], choices=["dev", "test"])
     parser.add_argument("--cells", nargs="*", help="only these cells, e.g. p50_c90 or dev_p50_c90")
@@ -281,6 +323,15 @@ def main(argv: list[str] | None = None) -> int:
         table = support_rules(args.dump, args.root, args.embeddings)
         keys = ["min_support", "support_lift", "max_support"]
         summary = table.fillna({"max_support": -1}).groupby(keys).agg(
+            mean_F1=("F1", "mean"), cells_095=("F1", lambda f: int((f >= 0.95).sum())), mean_FP=("FP_rate", "mean"))
+        print(summary.sort_values("mean_F1", ascending=False).round(4).to_string())
+        return 0
+    if args.command == "promote":  # study the neighbour-promotion rule on dumped folders
+        table = promote_rules(args.dump, args.root, args.embeddings)
+        if args.csv:
+            table.to_csv(args.csv, index=False)
+        keys = ["promote_support", "promote_lift", "promote_margin"]
+        summary = table.fillna({"promote_lift": -1, "promote_margin": -1}).groupby(keys).agg(
             mean_F1=("F1", "mean"), cells_095=("F1", lambda f: int((f >= 0.95).sum())), mean_FP=("FP_rate", "mean"))
         print(summary.sort_values("mean_F1", ascending=False).round(4).to_string())
         return 0

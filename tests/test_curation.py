@@ -23,6 +23,7 @@ from illustra.curation.photos import (
     frame_anchors,
     frame_votes,
     image_statistics,
+    neighbour_promotion,
     neighbour_support,
     photo_anchors,
     photo_index,
@@ -437,6 +438,29 @@ def test_a_call_with_no_called_neighbour_has_no_support():
     assert neighbour_support(embeddings[:1], called[:1], 5).tolist() == [0.0]  # one image: nobody to ask
 
 
+def test_an_uncalled_image_among_called_neighbours_is_called_when_its_texture_view_is_near_the_boundary():
+    """Neighbour promotion: the support check's other side, gated by the texture view's margin."""
+    rng = np.random.default_rng(0)
+    photos = rng.normal(0, 0.1, (12, 8)) + np.eye(8)[0] * 3  # one kind of photo, 9 of 12 called
+    drawings = rng.normal(0, 1, (60, 8)) - np.eye(8)[0] * 2  # elsewhere in the embedding
+    embeddings = np.concatenate([photos, drawings])
+    called = np.r_[np.ones(9, bool), np.zeros(63, bool)]
+    margin = np.full(72, -1.0)  # every uncalled image sits 1 below the texture boundary ...
+    margin[10], margin[11] = -5.0, np.nan  # ... but one photo far below it and one without patches
+    settings = PhotoSettings(support_neighbours=5, promote_support=0.45, promote_lift=3.0, promote_margin=3.0)
+    promoted, support = neighbour_promotion(embeddings, called, margin, settings)
+    assert promoted.tolist() == [False] * 9 + [True, False, False] + [False] * 60  # drawings: no called neighbour
+    assert support[9] >= 0.6 and (support[12:] < 0.45).all()
+    assert not neighbour_promotion(embeddings, called, margin, replace(settings, promote_support=0.0))[0].any()
+    assert not neighbour_promotion(embeddings, np.zeros(72, bool), margin, settings)[0].any()  # nothing called
+    # chance: where 3 x the called share is above the floor, that is what is needed (here 3 x 0.5 -> the 0.9 cap)
+    half = np.r_[np.ones(9, bool), np.zeros(3, bool), np.ones(27, bool), np.zeros(33, bool)]
+    wide = replace(settings, support_neighbours=20)
+    lifted, support = neighbour_promotion(embeddings, half, margin, wide)
+    assert 0.45 <= support[9] < 0.9 and not lifted[9]
+    assert neighbour_promotion(embeddings, half, margin, replace(wide, promote_lift=0.0))[0][9]  # the floor alone
+
+
 def test_support_needed_follows_the_called_share_between_a_floor_and_a_cap():
     """Support is judged against chance (the called share): a fixed floor where photos are few, a cap where many."""
     fixed = PhotoSettings(min_support=0.3, support_lift=0.0, max_support=0.3)
@@ -480,7 +504,8 @@ def test_curate_writes_every_output_and_never_touches_data(fixture_bench, tmp_pa
     assert {p: p.read_bytes() for p in data.rglob("*") if p.is_file()} == before
     photos = pd.read_csv(tmp_path / "cur" / "photos.csv")
     assert list(photos.columns) == ["path", "file_id", "photo_score", "is_photo", "photo_anchor", "frame_score",
-                                    "patch_logit", "texture_boundary", "photo_support", "photo_support_needed"]
+                                    "patch_logit", "texture_boundary", "photo_support", "photo_support_needed",
+                                    "photo_promoted"]
     assert photos["photo_score"].between(0, 1).all()
     assert any((tmp_path / "cur" / "tb").glob("events.out.tfevents.*"))  # the texture view's loss curve
     assert not photos["path"].str.contains("\\\\").any() and not photos["path"].str.startswith("/").any()

@@ -69,6 +69,9 @@ class PhotoSettings:
     min_support: float  # ... and the share of them that must be called too (0: no check) ...
     support_lift: float  # ... or this many times the folder's called share, if more (0: min_support alone) ...
     max_support: float  # ... but never more than this
+    promote_support: float  # an uncalled image whose neighbours are called at least this share (0: off) ...
+    promote_lift: float  # ... or this many times the folder's called share, if more (at most 0.9) ...
+    promote_margin: float  # ... and whose mean patch logit is within this of the texture boundary is called too
     self_training_rounds: int  # logistic regression on confident pseudo-labels, stats + embedding PCA; 0: off
     self_training_components: int
     self_training_confidence: float  # round 1 trusts scores above this / below 1 - this
@@ -317,6 +320,14 @@ def detect_photos(stats: pd.DataFrame, embeddings: np.ndarray | None, settings: 
         out["photo_support_needed"] = needed
         alone = (support < needed) & ~(np.nan_to_num(frame_vote) > settings.threshold)
         out.loc[alone, "photo_score"] = np.fmin(out.loc[alone, "photo_score"], settings.threshold)
+        if settings.promote_support > 0:
+            out["photo_promoted"] = False
+            called = out["photo_score"].fillna(0).to_numpy()[valid] > settings.threshold
+            margin = (out["patch_logit"].to_numpy() - boundary)[valid]
+            promoted, support = neighbour_promotion(embeddings[valid], called, margin, settings)
+            rows = out.index[valid][promoted]
+            out.loc[rows, "photo_promoted"] = True
+            out.loc[rows, "photo_score"] = np.fmax(support[promoted], np.nextafter(settings.threshold, 1.0))
     out["is_photo"] = out["photo_score"].fillna(0) > settings.threshold
     return out
 
@@ -326,7 +337,7 @@ def no_photo_columns(index: pd.Index) -> pd.DataFrame:
     return pd.DataFrame({"photo_score": np.nan, "is_photo": False, "photo_cluster": -1, "frame_score": np.nan,
                          "patch_logit": np.nan, "texture_boundary": np.nan, "photo_share_estimate": np.nan,
                          "photo_anchor": False, "frame_vote": np.nan, "photo_support": np.nan,
-                         "photo_support_needed": np.nan}, index=index)
+                         "photo_support_needed": np.nan, "photo_promoted": False}, index=index)
 
 
 def fills_frame(stats: pd.DataFrame, settings: PhotoSettings = PhotoSettings()) -> np.ndarray:
@@ -369,6 +380,30 @@ def support_needed(calls: int, images: int, settings: PhotoSettings = PhotoSetti
         return settings.min_support
     return float(np.clip(settings.support_lift * calls / images, settings.min_support,
                          max(settings.max_support, settings.min_support)))
+
+
+def neighbour_promotion(embeddings: np.ndarray, called: np.ndarray, margin: np.ndarray,
+                        settings: PhotoSettings = PhotoSettings()) -> tuple[np.ndarray, np.ndarray]:
+    """Which uncalled images to call because their neighbours are called (the support check's other side),
+    and every image's support from those calls.
+
+    Photos crawled into a folder come in kinds, and some of a kind escape both views: crops of one smooth
+    black-and-white wallpaper, product shots on white whose mean patch logit sits just below the texture
+    boundary. Such an image is called when at least `promote_support` of its `support_neighbours` nearest SSL
+    embeddings are called (after the support check), or `promote_lift` times the folder's called share (chance)
+    if more, at most 0.9, and its mean patch logit is at most `promote_margin` below the boundary (`margin`:
+    logit minus boundary; NaN, no patches: never). One pass, from the calls before it. Chosen on the dev grid
+    and the benchmark from the dumped per-image outputs (benchmarks/RESULTS.md).
+    """
+    called = np.asarray(called, bool)
+    margin = np.asarray(margin, float)
+    if settings.promote_support <= 0 or settings.support_neighbours <= 0 or not called.any():
+        return np.zeros(len(called), bool), np.zeros(len(called))
+    support = neighbour_support(embeddings, called, settings.support_neighbours)
+    needed = float(np.clip(settings.promote_lift * called.mean(), settings.promote_support,
+                           max(0.9, settings.promote_support)))
+    near = np.where(np.isnan(margin), False, margin >= -settings.promote_margin)
+    return ~called & (support >= needed) & near, support
 
 
 def photo_anchors(stats: pd.DataFrame, settings: PhotoSettings = PhotoSettings()) -> np.ndarray:

@@ -210,6 +210,9 @@ def _photo_evidence(manifest: pd.DataFrame):
             needed = (f" (a texture-view-only call needs {manifest.at[r, 'photo_support_needed']:.0%})"
                       if "photo_support_needed" in manifest and pd.notna(manifest.at[r, "photo_support_needed"]) else "")
             parts.append(f"{manifest.at[r, 'photo_support']:.0%} of its nearest neighbours called{needed}")
+        if "photo_promoted" in manifest and bool(manifest.at[r, "photo_promoted"]):
+            parts.append(f"called for its neighbours: {manifest.at[r, 'photo_score']:.0%} of them are called after the "
+                         "support check, and its texture view is near the boundary")
         if "texture_share" in manifest and pd.notna(manifest.at[r, "texture_share"]):
             parts.append(f"textured foreground {manifest.at[r, 'texture_share']:.0%}")
         return ", ".join(parts)
@@ -294,7 +297,10 @@ def photos_section(manifest: pd.DataFrame, pixels: np.ndarray) -> str:
             "the image's nearest neighbours in the SSL embedding are called too (<code>photos.min_support</code> "
             "of <code>photos.support_neighbours</code>, or <code>photos.support_lift</code> times the folder's called "
             "share, the chance level, if more, up to <code>photos.max_support</code>): crawled photos come in kinds, "
-            "a glossy drawing sits among drawings.</p>"
+            "a glossy drawing sits among drawings. The other side: an image neither view called is called when many of "
+            "its neighbours are (<code>photos.promote_support</code>, or <code>photos.promote_lift</code> times the "
+            "called share) and its texture view is near its boundary (<code>photos.promote_margin</code>): crops of "
+            "one smooth wallpaper, product shots on white.</p>"
             f"{figure_tag(fig)}<h4>most photo-like</h4>{_thumbs(manifest, pixels, order.index[::-1], why=why)}"
             f"<h4>called by the texture view only (most confident first)</h4>"
             f"{_thumbs(manifest, pixels, scored[texture_only].sort_values('patch_logit', ascending=False).index, why=why)}"

@@ -114,7 +114,7 @@ def _write_outputs(out: Path, manifest: pd.DataFrame, pairs: pd.DataFrame) -> No
                               a_id=ids[pairs["a"]], b_id=ids[pairs["b"]])
     pair_table.to_csv(out / "duplicate_pairs.csv", index=False)
     photo_columns = ["path", "file_id", "photo_score", "is_photo", "photo_anchor", "frame_score", "patch_logit",
-                     "texture_boundary", "photo_support", "photo_support_needed"]
+                     "texture_boundary", "photo_support", "photo_support_needed", "photo_promoted"]
     manifest[[c for c in photo_columns if c in manifest]].to_csv(out / "photos.csv", index=False, float_format="%.4f")
     problem_rows = manifest.loc[manifest["cache_row"] < 0, ["path", "reason"]]
     blank = manifest[manifest["is_blank"].astype(bool)][["path"]].assign(reason="blank: almost no ink (< 0.2 % dark)")
