@@ -54,6 +54,10 @@ SCHEMES = {  # name -> (views, resampling: "resize" = evaluate.py's antialiased 
     "whole+zoom80": (mirrored(WHOLE + [(0.8, 0.0, 0.0, False)]), "grid"),
     "whole+corners90": (mirrored(WHOLE + CORNERS), "grid"),
     "whole+shifts": (mirrored(WHOLE + SHIFTS), "grid"),
+    # both resamplings averaged: the grid views the network trained on, and the wider antialiased filter that thin
+    # outline strokes (openmoji) survive better (RESULTS.md "Test-time views": LOSO openmoji -0.026 with grid)
+    "flip+resize": (mirrored(WHOLE) + mirrored(WHOLE), ["grid", "grid", "resize", "resize"]),
+    "zoom+resize": (mirrored(WHOLE + [(0.9, 0.0, 0.0, False)]) + mirrored(WHOLE), ["grid"] * 4 + ["resize"] * 2),
 }
 
 
@@ -70,11 +74,12 @@ def view_batch(images: torch.Tensor, size: int, view: tuple, resampling: str) ->
 @torch.no_grad()
 def probabilities(model, squares: torch.Tensor, size: int, scheme: str, batch: int = 256) -> np.ndarray:
     views, resampling = SCHEMES[scheme]
+    resampling = [resampling] * len(views) if isinstance(resampling, str) else resampling
     out = []
     for start in range(0, len(squares), batch):
         images = to_float(squares[start:start + batch])
-        total = sum(torch.softmax(model(normalise(view_batch(images, size, view, resampling))).float(), 1)
-                    for view in views)
+        total = sum(torch.softmax(model(normalise(view_batch(images, size, view, how))).float(), 1)
+                    for view, how in zip(views, resampling))
         out.append(total / len(views))
     return torch.cat(out).numpy()
 

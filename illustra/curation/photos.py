@@ -273,7 +273,9 @@ def detect_photos(stats: pd.DataFrame, embeddings: np.ndarray | None, settings: 
     frame view's confident calls (`patch_logit`, `texture_view_logits`), with a boundary that moves with the
     folder's estimated photo share (`texture_boundary`). `combine_views` lets either call a photo; a call of
     the texture view alone is withdrawn without support among the image's SSL-embedding neighbours
-    (`neighbour_support`, `photo_support`). Measured numbers are in benchmarks/RESULTS.md.
+    (`neighbour_support`, `photo_support`); then an image neither view called is called when enough of its
+    neighbours are and its texture view is near the boundary (`neighbour_promotion`, `photo_promoted`).
+    Measured numbers are in benchmarks/RESULTS.md.
     """
     out = no_photo_columns(stats.index)
     valid = stats.notna().all(axis=1).to_numpy()
@@ -320,14 +322,13 @@ def detect_photos(stats: pd.DataFrame, embeddings: np.ndarray | None, settings: 
         out["photo_support_needed"] = needed
         alone = (support < needed) & ~(np.nan_to_num(frame_vote) > settings.threshold)
         out.loc[alone, "photo_score"] = np.fmin(out.loc[alone, "photo_score"], settings.threshold)
-        if settings.promote_support > 0:
-            out["photo_promoted"] = False
-            called = out["photo_score"].fillna(0).to_numpy()[valid] > settings.threshold
-            margin = (out["patch_logit"].to_numpy() - boundary)[valid]
-            promoted, support = neighbour_promotion(embeddings[valid], called, margin, settings)
-            rows = out.index[valid][promoted]
-            out.loc[rows, "photo_promoted"] = True
-            out.loc[rows, "photo_score"] = np.fmax(support[promoted], np.nextafter(settings.threshold, 1.0))
+    if embeddings is not None and settings.promote_support > 0 and settings.support_neighbours > 0:
+        called = out["photo_score"].fillna(0).to_numpy()[valid] > settings.threshold
+        margin = (out["patch_logit"].to_numpy() - boundary)[valid]
+        promoted, support = neighbour_promotion(embeddings[valid], called, margin, settings)
+        rows = out.index[valid][promoted]
+        out.loc[rows, "photo_promoted"] = True
+        out.loc[rows, "photo_score"] = np.fmax(support[promoted], np.nextafter(settings.threshold, 1.0))
     out["is_photo"] = out["photo_score"].fillna(0) > settings.threshold
     return out
 
