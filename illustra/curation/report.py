@@ -279,9 +279,12 @@ def photos_section(manifest: pd.DataFrame, pixels: np.ndarray) -> str:
                         f"{members['photo_score'].mean():.2f}{_thumbs(manifest, pixels, members.index, 12)}</div>")
     both, frame_only, texture_only = (flagged & frame_call & texture_call, flagged & frame_call & ~texture_call,
                                       flagged & ~frame_call & texture_call)
+    promoted = flagged & ~frame_call & ~texture_call & (
+        scored["photo_promoted"].astype(bool) if "photo_promoted" in scored else False)
     body = (f"{anchor_text}<p>{int(flagged.sum())} images called photographs (dropped from the cleaned set): "
             f"{int(both.sum())} by both views, {int(frame_only.sum())} by the frame view alone, "
-            f"{int(texture_only.sum())} by the texture view alone. Hover over a thumbnail for its evidence.</p>"
+            f"{int(texture_only.sum())} by the texture view alone, {int(promoted.sum())} for their neighbours. "
+            "Hover over a thumbnail for its evidence.</p>"
             "<p><b>Frame view</b>: statistics of the whole picture (fills the frame, soft edges, few sharp edges, "
             "textured foreground) in a Gaussian mixture, lifted to its HDBSCAN cluster's mean where that is "
             "higher, refined with the SSL embedding; it calls a photo above 0.5, and (with "
@@ -304,6 +307,8 @@ def photos_section(manifest: pd.DataFrame, pixels: np.ndarray) -> str:
             f"{figure_tag(fig)}<h4>most photo-like</h4>{_thumbs(manifest, pixels, order.index[::-1], why=why)}"
             f"<h4>called by the texture view only (most confident first)</h4>"
             f"{_thumbs(manifest, pixels, scored[texture_only].sort_values('patch_logit', ascending=False).index, why=why)}"
+            f"<h4>called for their neighbours (neither view called them)</h4>"
+            f"{_thumbs(manifest, pixels, scored[promoted].sort_values('photo_score', ascending=False).index, why=why)}"
             f"<h4>called by the frame view only</h4>"
             f"{_thumbs(manifest, pixels, scored[frame_only].sort_values('frame_score', ascending=False).index, why=why)}"
             f"<h4>least photo-like</h4>{_thumbs(manifest, pixels, order.index, why=why)}"
