@@ -211,6 +211,32 @@ SUPPORT_RULES = [{"min_support": m, "support_lift": 0.0} for m in (0.1, 0.2, 0.3
     for lift in (1.0, 1.5, 2.0) for floor in (0.1, 0.2) for cap in (0.3, 0.4, 0.5)]
 
 
+def dumped_folders(dump: Path, root: Path, embeddings: Path | None):
+    """Per dumped folder (`score --dump`): its name, table (judged rows), SSL vectors in table order, truth, frame
+    votes, and the calls before the support check (None where only the anchors were called) with the folder's
+    texture boundary."""
+    for path in sorted(dump.glob("*.csv")):
+        table = pd.read_csv(path)
+        table = table[table["photo_score"].notna()].reset_index(drop=True)
+        folder = embeddings if path.stem == "bench" else root / "_".join(path.stem.split("_")[:3]) / "embeddings"
+        manifest = load_manifest(folder / "manifest.csv")
+        position = pd.Series(np.arange(len(manifest)), index=manifest["path"].to_numpy())
+        vectors = np.load(folder / "embeddings.npy")[position[table["path"]].to_numpy()]
+        vote = table["frame_vote"].to_numpy(float)
+        before, boundary = None, np.nan
+        if table["texture_boundary"].notna().any():
+            boundary = table["texture_boundary"].dropna().iloc[0]
+            before = np.nan_to_num(combine_views(vote, table["patch_logit"].to_numpy(float), boundary=boundary)) > 0.5
+        yield path.stem, table, vectors, table["truth"].to_numpy(bool), vote, before, boundary
+
+
+def withdrawn(vectors: np.ndarray, before: np.ndarray, vote: np.ndarray, settings: PhotoSettings) -> np.ndarray:
+    """The calls left after the support check (`neighbour_support` against `support_needed`)."""
+    support = neighbour_support(vectors, before, settings.support_neighbours)
+    needed = support_needed(int(before.sum()), len(before), settings)
+    return before & ~((support < needed) & ~(np.nan_to_num(vote) > 0.5))
+
+
 def support_rules(dump: Path, root: Path, embeddings: Path | None) -> pd.DataFrame:
     """Each neighbour-support rule (`SUPPORT_RULES`), scored on every dumped folder without rerunning the views.
 
@@ -219,26 +245,12 @@ def support_rules(dump: Path, root: Path, embeddings: Path | None) -> pd.DataFra
     rule's calls exactly. A folder where only the anchors were called keeps its calls.
     """
     rows = []
-    for path in sorted(dump.glob("*.csv")):
-        table = pd.read_csv(path)
-        table = table[table["photo_score"].notna()].reset_index(drop=True)
-        folder = embeddings if path.stem == "bench" else root / "_".join(path.stem.split("_")[:3]) / "embeddings"
-        manifest = load_manifest(folder / "manifest.csv")
-        position = pd.Series(np.arange(len(manifest)), index=manifest["path"].to_numpy())
-        vectors = np.load(folder / "embeddings.npy")[position[table["path"]].to_numpy()]
-        truth = table["truth"].to_numpy(bool)
-        vote = table["frame_vote"].to_numpy(float)
-        relative = table["texture_boundary"].notna().any()
-        if relative:
-            before = np.nan_to_num(combine_views(vote, table["patch_logit"].to_numpy(float),
-                                                 boundary=table["texture_boundary"].dropna().iloc[0])) > 0.5
-            support = neighbour_support(vectors, before, PhotoSettings().support_neighbours)
+    for name, table, vectors, truth, vote, before, _ in dumped_folders(dump, root, embeddings):
         for rule in SUPPORT_RULES:
             called = table["photo_score"].to_numpy(float) > 0.5
-            if relative:
-                needed = support_needed(int(before.sum()), len(before), PhotoSettings(**{"max_support": 1.0, **rule}))
-                called = before & ~((support < needed) & ~(np.nan_to_num(vote) > 0.5))
-            rows.append({"folder": path.stem, **{"max_support": np.nan, **rule},
+            if before is not None:
+                called = withdrawn(vectors, before, vote, PhotoSettings(**{"max_support": 1.0, **rule}))
+            rows.append({"folder": name, **{"max_support": np.nan, **rule},
                          **scores(truth, called, called.astype(float))})
     return pd.DataFrame(rows)
 
@@ -256,29 +268,16 @@ def promote_rules(dump: Path, root: Path, embeddings: Path | None) -> pd.DataFra
     outputs and the folder's SSL embeddings.
     """
     rows = []
-    for path in sorted(dump.glob("*.csv")):
-        table = pd.read_csv(path)
-        table = table[table["photo_score"].notna()].reset_index(drop=True)
-        folder = embeddings if path.stem == "bench" else root / "_".join(path.stem.split("_")[:3]) / "embeddings"
-        manifest = load_manifest(folder / "manifest.csv")
-        position = pd.Series(np.arange(len(manifest)), index=manifest["path"].to_numpy())
-        vectors = np.load(folder / "embeddings.npy")[position[table["path"]].to_numpy()]
-        truth = table["truth"].to_numpy(bool)
-        vote = table["frame_vote"].to_numpy(float)
+    for name, table, vectors, truth, vote, before, boundary in dumped_folders(dump, root, embeddings):
         called = table["photo_score"].to_numpy(float) > 0.5
-        relative = table["texture_boundary"].notna().any()
-        if relative:
-            boundary = table["texture_boundary"].dropna().iloc[0]
-            logit = table["patch_logit"].to_numpy(float)
-            before = np.nan_to_num(combine_views(vote, logit, boundary=boundary)) > 0.5
-            support = neighbour_support(vectors, before, PhotoSettings().support_neighbours)
-            needed = support_needed(int(before.sum()), len(before), PhotoSettings())
-            called = before & ~((support < needed) & ~(np.nan_to_num(vote) > 0.5))
+        if before is not None:
+            called = withdrawn(vectors, before, vote, PhotoSettings())
+            margin = table["patch_logit"].to_numpy(float) - boundary
         for rule in PROMOTE_RULES:
             final = called
-            if relative:
-                final = called | neighbour_promotion(vectors, called, logit - boundary, replace(PhotoSettings(), **rule))[0]
-            rows.append({"folder": path.stem, **{"promote_lift": np.nan, "promote_margin": np.nan, **rule},
+            if before is not None:
+                final = called | neighbour_promotion(vectors, called, margin, replace(PhotoSettings(), **rule))[0]
+            rows.append({"folder": name, **{"promote_lift": np.nan, "promote_margin": np.nan, **rule},
                          **scores(truth, final, final.astype(float))})
     return pd.DataFrame(rows)
 
