@@ -44,6 +44,7 @@ from illustra.curation.photos import (
     combine_views,
     detect_photos,
     evidence_cache_path,
+    nearest_others,
     neighbour_promotion,
     neighbour_support,
     photo_evidence,
@@ -273,10 +274,12 @@ def promote_rules(dump: Path, root: Path, embeddings: Path | None) -> pd.DataFra
         if before is not None:
             called = withdrawn(vectors, before, vote, PhotoSettings())
             margin = table["patch_logit"].to_numpy(float) - boundary
+            others = nearest_others(vectors, PhotoSettings().support_neighbours)
         for rule in PROMOTE_RULES:
             final = called
             if before is not None:
-                final = called | neighbour_promotion(vectors, called, margin, replace(PhotoSettings(), **rule))[0]
+                rule_settings = replace(PhotoSettings(), **rule)
+                final = called | neighbour_promotion(vectors, called, margin, rule_settings, others)[0]
             rows.append({"folder": name, **{"promote_lift": np.nan, "promote_margin": np.nan, **rule},
                          **scores(truth, final, final.astype(float))})
     return pd.DataFrame(rows)

@@ -448,16 +448,16 @@ def test_an_uncalled_image_among_called_neighbours_is_called_when_its_texture_vi
     margin = np.full(72, -1.0)  # every uncalled image sits 1 below the texture boundary ...
     margin[10], margin[11] = -5.0, np.nan  # ... but one photo far below it and one without patches
     settings = PhotoSettings(support_neighbours=5, promote_support=0.45, promote_lift=3.0, promote_margin=3.0)
-    promoted, support = neighbour_promotion(embeddings, called, margin, settings)
+    promoted, support, needed = neighbour_promotion(embeddings, called, margin, settings)
     assert promoted.tolist() == [False] * 9 + [True, False, False] + [False] * 60  # drawings: no called neighbour
-    assert support[9] >= 0.6 and (support[12:] < 0.45).all()
+    assert support[9] >= 0.6 and (support[12:] < 0.45).all() and needed == 0.45  # 3 x 9/72 is below the floor
     assert not neighbour_promotion(embeddings, called, margin, replace(settings, promote_support=0.0))[0].any()
     assert not neighbour_promotion(embeddings, np.zeros(72, bool), margin, settings)[0].any()  # nothing called
     # chance: where 3 x the called share is above the floor, that is what is needed (here 3 x 0.5 -> the 0.9 cap)
     half = np.r_[np.ones(9, bool), np.zeros(3, bool), np.ones(27, bool), np.zeros(33, bool)]
     wide = replace(settings, support_neighbours=20)
-    lifted, support = neighbour_promotion(embeddings, half, margin, wide)
-    assert 0.45 <= support[9] < 0.9 and not lifted[9]
+    lifted, support, needed = neighbour_promotion(embeddings, half, margin, wide)
+    assert 0.45 <= support[9] < needed == 0.9 and not lifted[9]
     assert neighbour_promotion(embeddings, half, margin, replace(wide, promote_lift=0.0))[0][9]  # the floor alone
 
 

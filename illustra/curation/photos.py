@@ -313,21 +313,24 @@ def detect_photos(stats: pd.DataFrame, embeddings: np.ndarray | None, settings: 
     frame_vote = np.where(np.isnan(frame_vote), np.nan, np.fmax(frame_vote, anchor.astype(float)))
     out["frame_vote"] = frame_vote
     out["photo_score"] = combine_views(frame_vote, out["patch_logit"].to_numpy(), settings, boundary)
-    if embeddings is not None and settings.min_support > 0 and settings.support_neighbours > 0:
+    others = (nearest_others(embeddings[valid], settings.support_neighbours)
+              if embeddings is not None and settings.support_neighbours > 0 else None)
+    if others is not None and settings.min_support > 0:
         called = out["photo_score"].fillna(0).to_numpy()[valid] > settings.threshold
         support = np.full(len(out), np.nan)
-        support[valid] = neighbour_support(embeddings[valid], called, settings.support_neighbours)
+        support[valid] = neighbour_support(embeddings[valid], called, settings.support_neighbours, others)
         out["photo_support"] = support
         needed = support_needed(int(called.sum()), len(called), settings)
         out["photo_support_needed"] = needed
         alone = (support < needed) & ~(np.nan_to_num(frame_vote) > settings.threshold)
         out.loc[alone, "photo_score"] = np.fmin(out.loc[alone, "photo_score"], settings.threshold)
-    if embeddings is not None and settings.promote_support > 0 and settings.support_neighbours > 0:
+    if others is not None and settings.promote_support > 0:
         called = out["photo_score"].fillna(0).to_numpy()[valid] > settings.threshold
         margin = (out["patch_logit"].to_numpy() - boundary)[valid]
-        promoted, support = neighbour_promotion(embeddings[valid], called, margin, settings)
+        promoted, support, needed = neighbour_promotion(embeddings[valid], called, margin, settings, others)
         rows = out.index[valid][promoted]
-        out.loc[rows, "photo_promoted"] = True
+        out.loc[rows, "photo_promoted"] = True  # its support and need are now the promotion's
+        out.loc[rows, "photo_support"], out.loc[rows, "photo_support_needed"] = support[promoted], needed
         out.loc[rows, "photo_score"] = np.fmax(support[promoted], np.nextafter(settings.threshold, 1.0))
     out["is_photo"] = out["photo_score"].fillna(0) > settings.threshold
     return out
@@ -346,7 +349,8 @@ def fills_frame(stats: pd.DataFrame, settings: PhotoSettings = PhotoSettings()) 
     return stats["foreground_share"].to_numpy(float) >= settings.anchor_frame
 
 
-def neighbour_support(embeddings: np.ndarray, called: np.ndarray, k: int) -> np.ndarray:
+def neighbour_support(embeddings: np.ndarray, called: np.ndarray, k: int, others: np.ndarray | None = None
+                      ) -> np.ndarray:
     """Per image: the share of its `k` nearest neighbours (cosine, SSL embedding; itself excluded) that are called.
 
     Photos crawled into a folder come in kinds, so a photo's nearest neighbours hold other photos; a glossy
@@ -354,18 +358,25 @@ def neighbour_support(embeddings: np.ndarray, called: np.ndarray, k: int) -> np.
     below `support_needed` is withdrawn: on the benchmark 2 of 20 took back 31 drawings and 1 photo; 6 of 20
     halved the false calls of glossy icons where photos are common, at a cost in folders with few photos, whose
     cut-outs have drawings among their neighbours; so the share asked now follows the folder's called share
-    (benchmarks/RESULTS.md).
+    (benchmarks/RESULTS.md). `others`: the neighbours from `nearest_others`, if already found.
     """
+    others = nearest_others(embeddings, k) if others is None else others
+    if others.shape[1] < 1:
+        return np.zeros(len(others))
+    return np.asarray(called, bool)[np.clip(others, 0, None)].mean(axis=1)
+
+
+def nearest_others(embeddings: np.ndarray, k: int) -> np.ndarray:
+    """(N, min(k, N - 1)) indices of each image's `k` nearest neighbours (cosine, SSL embedding), itself excluded."""
     vectors = np.asarray(embeddings, dtype=np.float32)
     vectors = vectors / np.linalg.norm(vectors, axis=1, keepdims=True).clip(1e-12)
     k = min(k, len(vectors) - 1)
     if k < 1:
-        return np.zeros(len(vectors))
+        return np.zeros((len(vectors), 0), dtype=np.int64)
     _, neighbours = nearest_neighbours(vectors, k + 1)
     own = neighbours == np.arange(len(vectors))[:, None]
     own[~own.any(axis=1), -1] = True  # an exact copy may stand before the image itself: drop the last instead
-    others = neighbours[~own].reshape(len(vectors), k)
-    return np.asarray(called, bool)[np.clip(others, 0, None)].mean(axis=1)
+    return neighbours[~own].reshape(len(vectors), k)
 
 
 def support_needed(calls: int, images: int, settings: PhotoSettings = PhotoSettings()) -> float:
@@ -384,9 +395,10 @@ def support_needed(calls: int, images: int, settings: PhotoSettings = PhotoSetti
 
 
 def neighbour_promotion(embeddings: np.ndarray, called: np.ndarray, margin: np.ndarray,
-                        settings: PhotoSettings = PhotoSettings()) -> tuple[np.ndarray, np.ndarray]:
+                        settings: PhotoSettings = PhotoSettings(), others: np.ndarray | None = None
+                        ) -> tuple[np.ndarray, np.ndarray, float]:
     """Which uncalled images to call because their neighbours are called (the support check's other side),
-    and every image's support from those calls.
+    every image's support from those calls, and the support needed.
 
     Photos crawled into a folder come in kinds, and some of a kind escape both views: crops of one smooth
     black-and-white wallpaper, product shots on white whose mean patch logit sits just below the texture
@@ -398,13 +410,13 @@ def neighbour_promotion(embeddings: np.ndarray, called: np.ndarray, margin: np.n
     """
     called = np.asarray(called, bool)
     margin = np.asarray(margin, float)
-    if settings.promote_support <= 0 or settings.support_neighbours <= 0 or not called.any():
-        return np.zeros(len(called), bool), np.zeros(len(called))
-    support = neighbour_support(embeddings, called, settings.support_neighbours)
     needed = float(np.clip(settings.promote_lift * called.mean(), settings.promote_support,
-                           max(0.9, settings.promote_support)))
+                           max(0.9, settings.promote_support))) if len(called) else 1.0
+    if settings.promote_support <= 0 or settings.support_neighbours <= 0 or not called.any():
+        return np.zeros(len(called), bool), np.zeros(len(called)), needed
+    support = neighbour_support(embeddings, called, settings.support_neighbours, others)
     near = np.where(np.isnan(margin), False, margin >= -settings.promote_margin)
-    return ~called & (support >= needed) & near, support
+    return ~called & (support >= needed) & near, support, needed
 
 
 def photo_anchors(stats: pd.DataFrame, settings: PhotoSettings = PhotoSettings()) -> np.ndarray:

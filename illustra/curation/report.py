@@ -206,13 +206,14 @@ def _photo_evidence(manifest: pd.DataFrame):
                 parts.append("(not frame-filling: the frame view has no say)")
         if pd.notna(manifest.at[r, "patch_logit"]):
             parts.append(f"texture view {manifest.at[r, 'patch_logit']:+.1f}")
+        promoted = "photo_promoted" in manifest and bool(manifest.at[r, "photo_promoted"])
         if "photo_support" in manifest and pd.notna(manifest.at[r, "photo_support"]):
-            needed = (f" (a texture-view-only call needs {manifest.at[r, 'photo_support_needed']:.0%})"
+            needed = (f" (a {'promotion' if promoted else 'texture-view-only call'} needs "
+                      f"{manifest.at[r, 'photo_support_needed']:.0%})"
                       if "photo_support_needed" in manifest and pd.notna(manifest.at[r, "photo_support_needed"]) else "")
             parts.append(f"{manifest.at[r, 'photo_support']:.0%} of its nearest neighbours called{needed}")
-        if "photo_promoted" in manifest and bool(manifest.at[r, "photo_promoted"]):
-            parts.append(f"called for its neighbours: {manifest.at[r, 'photo_score']:.0%} of them are called after the "
-                         "support check, and its texture view is near the boundary")
+        if promoted:
+            parts.append("called for its neighbours (after the support check), its texture view near the boundary")
         if "texture_share" in manifest and pd.notna(manifest.at[r, "texture_share"]):
             parts.append(f"textured foreground {manifest.at[r, 'texture_share']:.0%}")
         return ", ".join(parts)
