@@ -314,7 +314,8 @@ def detect_photos(stats: pd.DataFrame, embeddings: np.ndarray | None, settings: 
     out["frame_vote"] = frame_vote
     out["photo_score"] = combine_views(frame_vote, out["patch_logit"].to_numpy(), settings, boundary)
     others = (nearest_others(embeddings[valid], settings.support_neighbours)
-              if embeddings is not None and settings.support_neighbours > 0 else None)
+              if embeddings is not None and settings.support_neighbours > 0
+              and max(settings.min_support, settings.promote_support) > 0 else None)
     if others is not None and settings.min_support > 0:
         called = out["photo_score"].fillna(0).to_numpy()[valid] > settings.threshold
         support = np.full(len(out), np.nan)
