@@ -37,7 +37,6 @@ import json
 from collections.abc import Iterable
 from pathlib import Path
 
-import faiss
 import numpy as np
 from PIL import Image
 
@@ -105,6 +104,8 @@ def source_pairs(training: Path, paths: list[str]) -> tuple[list[tuple], dict]:
     ratios = np.array(ratios)
     small = renders.reshape(len(renders), SEARCH, RENDER // SEARCH, SEARCH, RENDER // SEARCH, 3).mean((2, 4))
     vectors = np.ascontiguousarray(small.reshape(len(renders), -1), np.float32)
+    import faiss  # here, not at import: building the fixture needs no FAISS (a bare GPU machine has none)
+
     index = faiss.IndexFlatL2(vectors.shape[1])
     index.add(vectors)
     _, neighbours = index.search(vectors, min(NEIGHBOURS + 1, len(vectors)))
