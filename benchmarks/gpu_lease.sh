@@ -4,8 +4,12 @@
 #   .gpu/whl/lightly-*.whl                 (the one package its image lacks that training imports)
 #   .gpu/index/{index.json,manifest.csv,pixels_64_letterbox.npy.xz}   (the benchmark's index, xz-compressed)
 #   .gpu/curation/{clean.csv,curation.json,manifest.csv}              (its curation)
-# Results land in $OUT (logs, gpu_profile.json, float16 weights cut into 15 MB parts).
+#   .gpu/bench/truth/sources.csv                                      (styles, for `loso`)
+# (`bash benchmarks/gpu_carry.sh PIPELINE_OUT` builds it.) Results land in $OUT (logs, gpu_profile.json, float16
+# weights cut into 15 MB parts).
 # Usage there: bash benchmarks/gpu_lease.sh [profile deadline in seconds, default 500] [gpu_profile.py options]
+#          or: bash benchmarks/gpu_lease.sh loso   (leave-one-style-out of the gpu recipe from the shipped
+#              checkpoints/encoder_gpu.safetensors: 4 fine-tunes, ~2 min each on an H100)
 set -u
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/gpu_out}
@@ -21,6 +25,16 @@ with lzma.open(".gpu/index/pixels_64_letterbox.npy.xz") as src, open(".gpu/index
     shutil.copyfileobj(src, dst, 1 << 24)
 print(f"pixels unpacked in {time.time() - t:.1f} s")
 EOF
+if [ "$deadline" = loso ]; then
+    set -o pipefail
+    python3 benchmarks/leave_style_out.py --bench .gpu/bench --curation .gpu/curation --work .gpu/index \
+        --encoder checkpoints/encoder_gpu.safetensors --profile gpu --out /tmp/loso "${@:2}" 2>&1 \
+        | grep -v 'it/s\]' | tee "$OUT/loso.log"
+    cp /tmp/loso/leave_style_out.csv "$OUT/" 2>/dev/null
+    tar czf "$OUT/loso_runs.tgz" -C /tmp/loso --exclude='*.safetensors' --exclude=split.csv . 2>/dev/null
+    echo "lease script: $(( $(date +%s) - started )) s"
+    exit 0
+fi
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv
 python3 -c "import torch, torchvision, timm, sklearn, lightly; print('torch', torch.__version__, 'torchvision', torchvision.__version__, 'lightly', lightly.__version__)"
 timeout 90 python3 benchmarks/gpu_smoke.py 2>&1 | grep -v 'it/s\]\|img/s\]\|step/s\]' | tee "$OUT/smoke.log"

@@ -137,21 +137,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def half_copy(source: Path, target: Path) -> Path:
-    """A copy of a weights file with float convolution / linear weights stored as float16, metadata kept."""
-    import torch
-
-    from illustra.weights import load_weights, save_weights
-
-    tensors, meta = load_weights(source)
-    small = {name: t.half() if t.is_floating_point() and t.ndim > 1 else t for name, t in tensors.items()}
-    meta["storage"] = "float16 convolution and linear weights (batch norm and biases float32); loaded as float32"
-    assert all(torch.isfinite(t.float()).all() for t in small.values() if t.is_floating_point())
-    return save_weights(target, small, meta)
-
-
 def pack_half(source: Path, target: Path, part_bytes: int = 15 * 2**20) -> list[Path]:
-    """half_copy, cut into parts of at most `part_bytes` (`cat target.part* > target` joins them)."""
+    """illustra.weights.half_copy, cut into parts of at most `part_bytes` (`cat target.part* > target` joins them)."""
+    from illustra.weights import half_copy
+
     half_copy(source, target)
     data, parts = target.read_bytes(), []
     for number, start in enumerate(range(0, len(data), part_bytes)):

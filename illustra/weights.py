@@ -56,3 +56,18 @@ def with_prefix(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torc
     """The entries under `prefix.`, with the prefix removed."""
     start = len(prefix) + 1
     return {name[start:]: value for name, value in tensors.items() if name.startswith(prefix + ".")}
+
+
+HALF_STORAGE = "float16 convolution and linear weights (batch norm and biases float32); loaded as float32"
+
+
+def half_copy(source: str | Path, target: str | Path) -> Path:
+    """A copy of a weights file with its floating convolution / linear weights stored as float16 (half the bytes).
+
+    Batch-norm statistics and biases (1-d) stay float32; the metadata is kept and gains `storage`. Loading
+    needs nothing special: `load_state_dict` copies into the float32 model."""
+    tensors, meta = load_weights(source)
+    small = {name: t.half() if t.is_floating_point() and t.ndim > 1 else t for name, t in tensors.items()}
+    if not all(torch.isfinite(t).all() for t in small.values() if t.is_floating_point()):
+        raise ValueError(f"{source} has weights outside float16's range: keep it in float32")
+    return save_weights(target, small, {**meta, "storage": HALF_STORAGE})

@@ -7,6 +7,7 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from test_curation import tiny_encoder
 
 from illustra.curation.photos import PhotoSettings
@@ -324,3 +325,39 @@ def test_mixstyle_acts_in_training_only_and_the_run_is_reproducible(tiny_run, tm
     finetune_folder(tmp / "cur", tmp_path / "plain", tmp / "work", plain, encoder_path, progress=False)
     other, _ = load_classifier(tmp_path / "plain" / "classifier.safetensors")
     assert not all(torch.equal(value, other.state_dict()[key]) for key, value in first.state_dict().items())
+
+
+def test_half_copy_halves_the_file_and_predicts_as_the_float32_file(tiny_run, tmp_path):
+    from illustra.weights import half_copy, load_weights
+
+    data, tmp, _ = tiny_run
+    weights = tmp / "run" / "classifier.safetensors"
+    small = half_copy(weights, tmp_path / "half.safetensors")
+    tensors, meta = load_weights(small)
+    assert meta["storage"].startswith("float16") and meta["classes"] == read_metadata(weights)["classes"]
+    assert {t.dtype for t in tensors.values() if t.ndim > 1} == {torch.float16}
+    assert all(t.dtype != torch.float16 for t in tensors.values() if t.ndim <= 1)  # batch norm stays float32
+    original, _ = load_weights(weights)
+    assert sum(t.nbytes for t in tensors.values()) < 0.6 * sum(t.nbytes for t in original.values())
+    model, _ = load_classifier(small)
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    full, halved = evaluate_folder(data, weights), evaluate_folder(data, small)
+    same = [a["predicted"] == b["predicted"] for a, b in zip(full["predictions"], halved["predictions"])]
+    assert len(same) == full["evaluated"] and np.mean(same) >= 0.97
+
+
+def test_the_shipped_gpu_classifier_loads_on_a_cpu_and_predicts_real_images(fixture_bench, tmp_path):
+    from pathlib import Path
+
+    shipped = Path(__file__).resolve().parent.parent / "checkpoints" / "classifier_gpu.safetensors"
+    meta = read_metadata(shipped)
+    assert meta["training"]["profile"] == "gpu" and meta["training"]["device"].startswith("cuda")
+    assert meta["architecture"]["width"] == 64 and meta["storage"].startswith("float16")
+    subset = tmp_path / "eval"
+    for folder in ("L2_2", "L2_10"):
+        (subset / folder).mkdir(parents=True)
+        for path in sorted((fixture_bench / "training" / folder).iterdir())[:3]:
+            shutil.copy(path, subset / folder / path.name)
+    result = evaluate_folder(subset, shipped)
+    assert result["evaluated"] == 6 and {row["predicted"] for row in result["predictions"]} <= set(meta["classes"])
+    assert all(0.0 < row["probability"] <= 1.0 for row in result["predictions"])

@@ -122,13 +122,23 @@ class ToyTask:
         return nn.functional.mse_loss(model(x), y)
 
 
-def _toy_run(run_dir, epochs=4, resume=False, max_steps=None):
-    settings = LoopSettings(epochs=epochs, steps_per_epoch=4, seed=3, warmup_epochs=1, ema_decay=0.9, label="toy")
+class Killed(RuntimeError):
+    """A run stopped from outside (the process killed) at the end of an epoch, before its checkpoint."""
+
+
+def _toy_run(run_dir, epochs=4, resume=False, max_steps=None, checkpoint_every_s=0.0, kill_after=None):
+    settings = LoopSettings(epochs=epochs, steps_per_epoch=4, seed=3, warmup_epochs=1, ema_decay=0.9, label="toy",
+                            checkpoint_every_s=checkpoint_every_s)
     trainer = Trainer(settings, run_dir, progress=False)
     model = trainer.prepare(nn.Sequential(nn.Linear(1, 8), nn.ReLU(), nn.Linear(8, 1)))
     optimizer = torch.optim.AdamW(model.parameters(), lr=0.05)
-    final = trainer.fit(ToyTask(4), model, optimizer, resume=resume, max_steps=max_steps,
-                        end_of_epoch=lambda m, s: {"weight_sum": float(sum(p.detach().sum() for p in m.parameters()))})
+
+    def metrics(m, state):
+        if kill_after is not None and state.epoch >= kill_after:
+            raise Killed
+        return {"weight_sum": float(sum(p.detach().sum() for p in m.parameters()))}
+
+    final = trainer.fit(ToyTask(4), model, optimizer, resume=resume, max_steps=max_steps, end_of_epoch=metrics)
     return final, trainer
 
 
@@ -142,6 +152,23 @@ def test_trainer_resumes_bit_identically_with_ema(tmp_path):
     assert trainer.state.epoch == 4 and len(trainer.state.history) == 4
     for (name, a), b in zip(full.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), name  # the EMA weights, bit for bit
+
+
+def test_sparse_checkpoints_resume_from_the_last_one_bit_identically(tmp_path):
+    full, _ = _toy_run(tmp_path / "full")
+    cut = tmp_path / "cut"
+    with pytest.raises(Killed):  # an hour between checkpoints: killed in epoch 3, nothing was saved
+        _toy_run(cut, checkpoint_every_s=3600, kill_after=3)
+    assert not (cut / CHECKPOINT).exists()
+    _toy_run(cut, checkpoint_every_s=3600, max_steps=8)  # a deliberate stop saves (epoch 2) ...
+    assert read_metadata(cut / CHECKPOINT)["state"]["epoch"] == 2
+    with pytest.raises(Killed):  # ... then a resumed run is killed after epoch 3, before any new checkpoint
+        _toy_run(cut, checkpoint_every_s=3600, resume=True, kill_after=3)
+    assert read_metadata(cut / CHECKPOINT)["state"]["epoch"] == 2
+    resumed, trainer = _toy_run(cut, checkpoint_every_s=3600, resume=True)  # replays epoch 3 from epoch 2's state
+    assert trainer.state.epoch == 4 and read_metadata(cut / CHECKPOINT)["state"]["epoch"] == 4  # the last is saved
+    for (name, a), b in zip(full.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name
 
 
 def test_hard_deadline_stops_mid_epoch(tmp_path):

@@ -64,6 +64,7 @@ class FinetuneConfig:
     val_share: float  # of each class's duplicate groups, held out for validation ...
     test_share: float  # ... and for the test score (split by groups, seeded by `seed`)
     time_budget_s: float
+    checkpoint_every_s: float  # 0: a resume checkpoint after every epoch; else at most this often
     threads: int
     channels_last_cpu: bool  # channels_last on CPU too (CUDA always uses it); see benchmarks/RESULTS.md
     profile: str = ""                  # the device profile the config was resolved with (recorded in the weights)
@@ -190,6 +191,7 @@ def finetune(train_images: np.ndarray, train_labels: np.ndarray, val_images: np.
     steps_per_epoch = max(1, len(epoch_indices(train_labels, config.imbalance, np.random.default_rng(0))) // config.batch_size)
     settings = LoopSettings(epochs=config.epochs, steps_per_epoch=steps_per_epoch, seed=config.seed,
                             warmup_epochs=config.warmup_epochs, time_budget_s=config.time_budget_s,
+                            checkpoint_every_s=config.checkpoint_every_s,
                             ema_decay=config.ema_decay, label="finetune", cpu_channels_last=config.channels_last_cpu)
     trainer = Trainer(settings, run_dir, progress=progress)  # seeds everything: the head's init is reproducible too
     trainer.writer = tensorboard_writer(run_dir) if trainer.is_main else None

@@ -52,6 +52,7 @@ class PretrainConfig:
     knn_k: int
     seed: int
     time_budget_s: float  # 0: no budget
+    checkpoint_every_s: float  # 0: a resume checkpoint after every epoch; else at most this often
     threads: int  # torch CPU threads; 0: all cores
     channels_last_cpu: bool  # channels_last on CPU too (CUDA always uses it); see benchmarks/RESULTS.md
     profile: str = ""  # the device profile the config was resolved with (recorded in the weights)
@@ -148,6 +149,7 @@ def pretrain(
                         "use a smaller --set batch_size=...")
     settings = LoopSettings(epochs=config.epochs, steps_per_epoch=steps_per_epoch, seed=config.seed,
                             warmup_epochs=config.warmup_epochs, time_budget_s=config.time_budget_s, label="ssl",
+                            checkpoint_every_s=config.checkpoint_every_s,
                             cpu_channels_last=config.channels_last_cpu, print_epochs=True)
     trainer = Trainer(settings, run_dir, progress=progress)
     trainer.writer = tensorboard_writer(run_dir) if trainer.is_main else None

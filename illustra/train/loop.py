@@ -42,6 +42,7 @@ class LoopSettings:
     warmup_epochs: float = 0.0
     time_budget_s: float = 0.0       # 0: none
     hard_deadline: bool = False      # stop mid-epoch when the budget is spent (single-epoch jobs)
+    checkpoint_every_s: float = 0.0  # 0: a checkpoint after every epoch; else at most this often, and after the last
     ema_decay: float = 0.0           # 0: off
     label: str = "train"             # progress bar and TensorBoard prefix
     log_every: int = 10              # steps between TensorBoard points
@@ -133,7 +134,7 @@ class Trainer:
             trainable = nn.parallel.DistributedDataParallel(
                 model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         writer = self.writer if self.is_main else None
-        started_run = time.perf_counter()
+        started_run = last_save = time.perf_counter()
         while state.epoch < state.horizon_epochs:
             started = time.perf_counter()
             model.train()
@@ -158,9 +159,15 @@ class Trainer:
                         writer.add_scalar(f"{settings.label}/epoch_{key}", value, state.epoch)
             # Trick: the time budget shortens the cosine horizon (before the checkpoint, so a resume sees it too)
             state.horizon_epochs = budgeted_horizon(settings.epochs, state.epoch, state.seconds, settings.time_budget_s)
-            if self.is_main and self.run_dir is not None:
+            last = self.stopped_early or (max_steps is not None and state.step >= max_steps) \
+                or state.epoch >= state.horizon_epochs
+            # Trick: checkpoints at most every `checkpoint_every_s` (model + optimiser + EMA is 132-176 MiB at width 64,
+            # 0.15-0.27 s a write: after every 1.4 s GPU epoch, ~15 % of the run); a resume replays from the last exactly
+            if self.is_main and self.run_dir is not None and \
+                    (last or time.perf_counter() - last_save >= settings.checkpoint_every_s):
                 self._save(model, optimizer, checkpoint_meta or {})
-            if self.stopped_early or (max_steps is not None and state.step >= max_steps):
+                last_save = time.perf_counter()
+            if last:
                 break
         return self.evaluation_model(model)
 
