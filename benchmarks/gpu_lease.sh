@@ -16,7 +16,7 @@ OUT=${OUT:-/tmp/gpu_out}
 mkdir -p "$OUT"
 deadline=${1:-500}
 started=$(date +%s)
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .gpu/whl/*.whl || exit 1
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .gpu/whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site:$PWD
 python3 - <<'EOF' || exit 1
 import lzma, shutil, time
