@@ -13,6 +13,7 @@ from torch import nn
 from illustra.data.cache import CacheSpec, fit_square
 from illustra.ssl.augment import normalise, resize_batch, to_float
 from illustra.ssl.encoder import Encoder, EncoderConfig
+from illustra.train.device import for_inference
 from illustra.weights import load_weights, save_weights, with_prefix
 
 # Test-time augmentation: the class probabilities of these views are averaged. none: the whole square; flip: and its
@@ -59,7 +60,8 @@ def load_classifier(path: str | Path, device: str | torch.device = "cpu") -> tup
         kind = meta.get("illustra_kind")
         hint = " (that is the SSL encoder; a classifier comes from `illustra finetune`)" if kind == "encoder" else ""
         raise UserError(f"{path} is not an illustra classifier: its metadata says illustra_kind={kind!r}{hint}")
-    model = Classifier(Encoder(EncoderConfig(**meta["architecture"])), len(meta["classes"])).to(device)
+    model = for_inference(Classifier(Encoder(EncoderConfig(**meta["architecture"])), len(meta["classes"])),
+                          torch.device(device))
     model.encoder.load_state_dict(with_prefix(tensors, "encoder"))
     model.head.load_state_dict(with_prefix(tensors, "head"))
     return model.eval(), meta

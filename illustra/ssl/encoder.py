@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from illustra.config import yaml_defaults
+from illustra.train.device import for_inference
 from illustra.weights import load_weights, with_prefix
 
 
@@ -93,6 +94,6 @@ def load_encoder(path, device: str | torch.device = "cpu") -> tuple[Encoder, dic
     architecture = meta.get("architecture")
     if architecture is None:
         raise ValueError(f"{path} has no 'architecture' metadata: not an illustra encoder or classifier")
-    encoder = Encoder(EncoderConfig(**architecture)).to(device)
+    encoder = for_inference(Encoder(EncoderConfig(**architecture)), torch.device(device))
     encoder.load_state_dict(with_prefix(tensors, "encoder"))
     return encoder.eval(), meta

@@ -22,14 +22,13 @@ from torch import nn
 from tqdm import tqdm
 
 from illustra.train.checkpoint import optimizer_tensors, restore_optimizer
-from illustra.train.device import autocast, distributed, memory_format, pick_device
+from illustra.train.device import autocast, distributed, memory_format, pick_device, too_narrow_for_cpu_channels_last
 from illustra.train.ema import EMA
 from illustra.train.random import RunRandom, seed_everything
 from illustra.train.schedule import budgeted_horizon, warmup_cosine
 from illustra.weights import load_weights, save_weights, with_prefix
 
 CHECKPOINT = "checkpoint.safetensors"
-CPU_CHANNELS_LAST_MIN_WIDTH = 16  # narrower convolutions stay NCHW on the CPU (a torch 2.14.1 segfault, see prepare)
 
 
 @dataclass(frozen=True)
@@ -99,11 +98,9 @@ class Trainer:
     def prepare(self, model: nn.Module) -> nn.Module:
         """The model on the run's device, in the memory format the device wants.
 
-        channels_last on the CPU is skipped for networks with a convolution narrower than 16 channels:
-        torch 2.14.1's CPU backward segfaults there on odd batch sizes (reproduced: width 8 and 12 crash
-        with batches of 3, 5, ..., 33; width 16 and more do not; tests/test_train.py)."""
-        narrowest = min((m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d)), default=64)
-        if self.device.type == "cpu" and narrowest < CPU_CHANNELS_LAST_MIN_WIDTH:
+        channels_last on the CPU is skipped for networks with a convolution narrower than 16 channels
+        (`too_narrow_for_cpu_channels_last`: a torch 2.14.1 segfault in the backward)."""
+        if self.device.type == "cpu" and too_narrow_for_cpu_channels_last(model):
             self._cpu_channels_last = False
         return model.to(self.device, memory_format=memory_format(self.device, self._cpu_channels_last))
 
