@@ -115,6 +115,7 @@ def finetune_uncurated(work: Path, out: Path, config, encoder: Path, spec) -> di
     from illustra.data.cache import open_pixels
     from illustra.data.index import read_classes
     from illustra.data.manifest import load_manifest
+    from illustra.finetune.jobs import resolved_input_size
     from illustra.finetune.train import finetune
     from illustra.ssl.jobs import preprocessing_of
 
@@ -122,7 +123,7 @@ def finetune_uncurated(work: Path, out: Path, config, encoder: Path, spec) -> di
     usable = manifest[manifest["cache_row"] >= 0].sort_values("cache_row")
     pixels = np.asarray(open_pixels(work, spec)[usable["cache_row"].to_numpy()])
     labels = usable["class_id"].to_numpy()
-    preprocessing = {**preprocessing_of(spec, 32), "tta": config.tta, "resample": "grid"}
+    preprocessing = {**preprocessing_of(spec, resolved_input_size(config, encoder)), "tta": config.tta, "resample": "grid"}
     return finetune(pixels, labels, pixels, labels, read_classes(work), out, config, preprocessing, encoder,
                     progress=False)
 
