@@ -8,7 +8,7 @@ both calls share. FLOPs per training image come from torch's FlopCounterMode on 
 forward + backward of the same network; the matmul rate is a float32 (2048 x 2048) product timed
 in the same process, so the share is comparable between machines and commits.
 
-    python benchmarks/training_efficiency.py [--steps 12] [--channels-last]
+    python benchmarks/training_efficiency.py [--steps 12] [--channels-last] [--bf16]
 """
 
 from __future__ import annotations
@@ -68,6 +68,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3, help="steps both calls run before the timed ones")
     parser.add_argument("--images", type=int, default=4096, help="synthetic training images (64 px)")
     parser.add_argument("--channels-last", action="store_true", help="channels_last on the CPU too")
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast on the CPU too (precision_cpu=bf16)")
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     pixels = rng.integers(0, 256, (args.images, 64, 64, 3), dtype=np.uint8)
@@ -78,6 +79,7 @@ def main() -> None:
           f"{platform.machine()}, {torch.get_num_threads()} threads", flush=True)
 
     layout = {"channels_last_cpu": True} if args.channels_last else {}
+    layout["precision_cpu"] = "bf16" if args.bf16 else "fp32"
     ssl = replace(PretrainConfig(), knn_every=0, **layout)
     ft = FinetuneConfig(mode="scratch", imbalance="none", **layout)
     classes = [f"L2_{i}" for i in range(20)]

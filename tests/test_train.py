@@ -341,3 +341,51 @@ def test_narrow_networks_stay_nchw_on_the_cpu_where_torch_segfaults(tmp_path):
         "print('ok')\n")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and "ok" in done.stdout, done.stderr[-2000:]
+
+
+# --- bf16 on the CPU (`precision_cpu`) -----------------------------------------------------------------------
+
+
+def test_precision_cpu_resolves_and_rejects_unknown_values(monkeypatch):
+    import illustra.train.device as device
+
+    assert device.cpu_bf16("bf16") and not device.cpu_bf16("fp32")
+    monkeypatch.setattr(device, "cpu_has_bf16", lambda: False)
+    assert not device.cpu_bf16("auto")  # no native bf16: float32 (bf16 convolutions would be slower)
+    monkeypatch.setattr(device, "cpu_has_bf16", lambda: True)
+    assert device.cpu_bf16("AUTO")
+    with pytest.raises(ValueError, match="precision_cpu"):
+        device.cpu_bf16("fp16")
+    for section in ("ssl", "finetune"):  # every training config carries the key
+        assert load_config(REPO / "configs" / f"{section}.yaml")["precision_cpu"] in device.PRECISIONS_CPU
+
+
+class ConvTask:
+    """Two classes of 8 px images told apart by brightness: a conv net must learn it in bf16 as in float32."""
+
+    def batches(self, epoch, random: RunRandom, device):
+        for _ in range(6):
+            target = (rand(16, random.torch, torch.zeros(1)) > 0.5).long()
+            images = rand(16 * 3 * 8 * 8, random.torch, torch.zeros(1)).view(16, 3, 8, 8) * 0.5 \
+                + target.view(-1, 1, 1, 1) * 0.5
+            yield (images.to(device), target.to(device))
+
+    def loss(self, model, batch):
+        images, target = batch
+        self.dtype = model[0](images).dtype  # what the convolution computed in, under the core's autocast
+        return nn.functional.cross_entropy(model(images).float(), target)
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+def test_cpu_bf16_autocast_trains_a_conv_net_and_keeps_float32_weights(bf16):
+    settings = LoopSettings(epochs=3, steps_per_epoch=6, seed=0, label="bf16", device="cpu", cpu_bf16=bf16,
+                            cpu_channels_last=True)
+    trainer = Trainer(settings, None, progress=False)
+    model = trainer.prepare(nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 2)))
+    task = ConvTask()
+    trainer.fit(task, model, torch.optim.AdamW(model.parameters(), lr=0.02))
+    history = trainer.state.history
+    assert task.dtype == (torch.bfloat16 if bf16 else torch.float32)
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # autocast: the weights stay float32
+    assert np.isfinite(history[-1]["loss"]) and history[-1]["loss"] < history[0]["loss"]

@@ -26,7 +26,7 @@ from illustra.finetune.mixstyle import MixStyle
 from illustra.finetune.model import TTA, Classifier, predict_proba, save_classifier
 from illustra.ssl.augment import ViewConfig, make_view, to_float
 from illustra.ssl.encoder import Encoder, EncoderConfig, load_encoder
-from illustra.train.device import barrier
+from illustra.train.device import barrier, cpu_bf16
 from illustra.train.loop import CHECKPOINT, LoopSettings, Trainer, tensorboard_writer
 from illustra.train.random import rand
 
@@ -67,6 +67,7 @@ class FinetuneConfig:
     checkpoint_every_s: float  # 0: a resume checkpoint after every epoch; else at most this often
     threads: int
     channels_last_cpu: bool  # channels_last on CPU too (CUDA always uses it); see benchmarks/RESULTS.md
+    precision_cpu: str  # fp32 | bf16 | auto (bf16 where the CPU has native bf16); CUDA always trains in bf16
     profile: str = ""                  # the device profile the config was resolved with (recorded in the weights)
 
     @classmethod
@@ -192,7 +193,8 @@ def finetune(train_images: np.ndarray, train_labels: np.ndarray, val_images: np.
     settings = LoopSettings(epochs=config.epochs, steps_per_epoch=steps_per_epoch, seed=config.seed,
                             warmup_epochs=config.warmup_epochs, time_budget_s=config.time_budget_s,
                             checkpoint_every_s=config.checkpoint_every_s,
-                            ema_decay=config.ema_decay, label="finetune", cpu_channels_last=config.channels_last_cpu)
+                            ema_decay=config.ema_decay, label="finetune", cpu_channels_last=config.channels_last_cpu,
+                            cpu_bf16=cpu_bf16(config.precision_cpu))
     trainer = Trainer(settings, run_dir, progress=progress)  # seeds everything: the head's init is reproducible too
     trainer.writer = tensorboard_writer(run_dir) if trainer.is_main else None
     model, architecture = build_model(config, len(classes), encoder_path)

@@ -23,7 +23,7 @@ from illustra.errors import UserError
 from illustra.ssl.augment import ViewConfig, make_view, to_float
 from illustra.ssl.encoder import Encoder, EncoderConfig, load_encoder
 from illustra.ssl.knn import knn_monitor
-from illustra.train.device import barrier, distributed, full_precision
+from illustra.train.device import barrier, cpu_bf16, distributed, full_precision
 from illustra.train.loop import LoopSettings, RunState, Trainer, tensorboard_writer
 from illustra.train.random import device_generator
 from illustra.weights import save_weights
@@ -55,6 +55,7 @@ class PretrainConfig:
     checkpoint_every_s: float  # 0: a resume checkpoint after every epoch; else at most this often
     threads: int  # torch CPU threads; 0: all cores
     channels_last_cpu: bool  # channels_last on CPU too (CUDA always uses it); see benchmarks/RESULTS.md
+    precision_cpu: str  # fp32 | bf16 | auto (bf16 where the CPU has native bf16); CUDA always trains in bf16
     profile: str = ""  # the device profile the config was resolved with (recorded in the weights)
 
     @classmethod
@@ -150,7 +151,8 @@ def pretrain(
     settings = LoopSettings(epochs=config.epochs, steps_per_epoch=steps_per_epoch, seed=config.seed,
                             warmup_epochs=config.warmup_epochs, time_budget_s=config.time_budget_s, label="ssl",
                             checkpoint_every_s=config.checkpoint_every_s,
-                            cpu_channels_last=config.channels_last_cpu, print_epochs=True)
+                            cpu_channels_last=config.channels_last_cpu,
+                            cpu_bf16=cpu_bf16(config.precision_cpu), print_epochs=True)
     trainer = Trainer(settings, run_dir, progress=progress)
     trainer.writer = tensorboard_writer(run_dir) if trainer.is_main else None
     model = trainer.prepare(SimCLR(config))

@@ -55,14 +55,37 @@ def barrier() -> None:
         dist.barrier()
 
 
-def autocast(device: torch.device):
-    """Trick: bf16 autocast on CUDA only (on CPU bf16 convolutions are slower than float32)."""
-    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+PRECISIONS_CPU = ("auto", "bf16", "fp32")
+
+
+def cpu_has_bf16() -> bool:
+    """True where the CPU computes bf16 natively (AVX512-BF16 or AMX, e.g. AMD Zen 4, Intel Sapphire Rapids)."""
+    cpu = getattr(torch, "cpu", None)
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(bool(getattr(cpu, name, lambda: False)()) for name in checks)
+
+
+def cpu_bf16(precision_cpu: str) -> bool:
+    """Resolve a config's `precision_cpu`: bf16, fp32, or auto (bf16 where the CPU has native bf16)."""
+    precision_cpu = str(precision_cpu).lower()
+    if precision_cpu not in PRECISIONS_CPU:
+        raise ValueError(f"precision_cpu must be one of {', '.join(PRECISIONS_CPU)}, not {precision_cpu!r}")
+    return precision_cpu == "bf16" or (precision_cpu == "auto" and cpu_has_bf16())
+
+
+def autocast(device: torch.device, cpu_bf16: bool = False):
+    """Trick: bf16 autocast on CUDA; on the CPU only when asked (`precision_cpu`): with native bf16 (AVX512-BF16,
+    a 2-core Zen 4) a width-32 training step is 1.7x faster; without it bf16 convolutions are slower than float32."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    if device.type == "cpu" and cpu_bf16:
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return nullcontext()
 
 
 def full_precision(device: torch.device):
-    """Leave autocast for a numerically delicate step (contrastive logits, losses) on CUDA."""
-    return torch.autocast("cuda", enabled=False) if device.type == "cuda" else nullcontext()
+    """Leave autocast for a numerically delicate step (contrastive logits, losses)."""
+    return torch.autocast(device.type, enabled=False) if device.type in ("cuda", "cpu") else nullcontext()
 
 
 CPU_CHANNELS_LAST_MIN_WIDTH = 16  # narrower convolutions stay NCHW on the CPU (a torch 2.14.1 segfault, see below)

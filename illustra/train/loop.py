@@ -1,7 +1,7 @@
 """The training loop every stage uses: a stage gives its model, optimizer, loss and batches; the core does the rest.
 
 Each trick is named where it is applied below: seeding before the model is built, one generator
-per device, channels_last + bf16 autocast on CUDA, DDP under torchrun, linear warm-up + cosine
+per device, channels_last + bf16 autocast on CUDA (and CPUs with native bf16), DDP under torchrun, linear warm-up + cosine
 (or the stage's own torch scheduler), the time budget that shortens the horizon (or a hard
 deadline for single-epoch jobs), EMA of the weights, an atomic safetensors checkpoint every epoch
 with exact resume (model, optimizer, EMA, every random stream), a progress bar and TensorBoard.
@@ -46,6 +46,7 @@ class LoopSettings:
     label: str = "train"             # progress bar and TensorBoard prefix
     log_every: int = 10              # steps between TensorBoard points
     cpu_channels_last: bool = False  # channels_last on CPU too (only where it measured faster)
+    cpu_bf16: bool = False           # bf16 autocast on CPU too (`precision_cpu`; only with native bf16)
     device: str | None = None        # None: --device / ILLUSTRA_DEVICE, else auto
     print_epochs: bool = False       # one JSON line per epoch on the main rank
 
@@ -181,7 +182,7 @@ class Trainer:
                 factor = warmup_cosine(state.step, warmup, state.horizon_epochs * settings.steps_per_epoch)
                 for group in optimizer.param_groups:
                     group["lr"] = group["base_lr"] * factor
-            with autocast(self.device):  # Trick: bf16 autocast on CUDA
+            with autocast(self.device, settings.cpu_bf16):  # Trick: bf16 autocast on CUDA (and native-bf16 CPUs)
                 loss = task.loss(trainable, batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
