@@ -387,5 +387,6 @@ def test_cpu_bf16_autocast_trains_a_conv_net_and_keeps_float32_weights(bf16):
     trainer.fit(task, model, torch.optim.AdamW(model.parameters(), lr=0.02))
     history = trainer.state.history
     assert task.dtype == (torch.bfloat16 if bf16 else torch.float32)
+    assert trainer.precision == ("bf16" if bf16 else "fp32")  # recorded in metrics.json and the weights
     assert all(p.dtype == torch.float32 for p in model.parameters())  # autocast: the weights stay float32
     assert np.isfinite(history[-1]["loss"]) and history[-1]["loss"] < history[0]["loss"]

@@ -230,8 +230,8 @@ def finetune(train_images: np.ndarray, train_labels: np.ndarray, val_images: np.
     state = trainer.state
     training = {"config": config.to_dict(), "epochs": state.epoch, "seconds": round(state.seconds, 1),
                 "train_images": int(len(train_labels)), "encoder": str(encoder_path) if config.mode != "scratch" else None,
-                "device": str(trainer.device), "world_size": trainer.world, "profile": config.profile or "custom",
-                "history": state.history}
+                "device": str(trainer.device), "precision": trainer.precision, "world_size": trainer.world,
+                "profile": config.profile or "custom", "history": state.history}
     if trainer.is_main:
         save_classifier(run_dir / CLASSIFIER, final.cpu(), classes, architecture, preprocessing, training)
         (run_dir / "metrics.json").write_text(json.dumps(training, indent=2), encoding="utf-8")

@@ -174,8 +174,8 @@ def pretrain(
     state = trainer.state
     training = {"epochs": state.epoch, "steps": state.step, "wall_seconds": round(state.seconds, 1),
                 "view_images_per_second": round(state.images_seen / state.seconds if state.seconds else 0.0, 1),
-                "world_size": trainer.world, "device": str(trainer.device), "profile": config.profile or "custom",
-                "config": config.to_dict(), "history": state.history}
+                "world_size": trainer.world, "device": str(trainer.device), "precision": trainer.precision,
+                "profile": config.profile or "custom", "config": config.to_dict(), "history": state.history}
     if trainer.is_main:
         export_encoder(run_dir / ENCODER_FILE, model.encoder, config, preprocessing, training)
         (run_dir / "metrics.json").write_text(json.dumps(training, indent=2), encoding="utf-8")

@@ -96,6 +96,11 @@ class Trainer:
     def is_main(self) -> bool:
         return self.rank == 0
 
+    @property
+    def precision(self) -> str:
+        """What the forward passes compute in: bf16 (autocast on CUDA, or on the CPU with `cpu_bf16`) or fp32."""
+        return "bf16" if self.device.type == "cuda" or (self.device.type == "cpu" and self.settings.cpu_bf16) else "fp32"
+
     def prepare(self, model: nn.Module) -> nn.Module:
         """The model on the run's device, in the memory format the device wants.
 
