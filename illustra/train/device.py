@@ -69,7 +69,7 @@ def cpu_bf16(precision_cpu: str) -> bool:
     """Resolve a config's `precision_cpu`: bf16, fp32, or auto (bf16 where the CPU has native bf16)."""
     precision_cpu = str(precision_cpu).lower()
     if precision_cpu not in PRECISIONS_CPU:
-        raise ValueError(f"precision_cpu must be one of {', '.join(PRECISIONS_CPU)}, not {precision_cpu!r}")
+        raise DeviceError(f"precision_cpu must be one of {', '.join(PRECISIONS_CPU)}, not {precision_cpu!r}")
     return precision_cpu == "bf16" or (precision_cpu == "auto" and cpu_has_bf16())
 
 
