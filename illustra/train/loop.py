@@ -22,7 +22,14 @@ from torch import nn
 from tqdm import tqdm
 
 from illustra.train.checkpoint import optimizer_tensors, restore_optimizer
-from illustra.train.device import autocast, distributed, memory_format, pick_device, too_narrow_for_cpu_channels_last
+from illustra.train.device import (
+    autocast,
+    compute_dtype,
+    distributed,
+    memory_format,
+    pick_device,
+    too_narrow_for_cpu_channels_last,
+)
 from illustra.train.ema import EMA
 from illustra.train.random import RunRandom, seed_everything
 from illustra.train.schedule import budgeted_horizon, warmup_cosine
@@ -99,7 +106,7 @@ class Trainer:
     @property
     def precision(self) -> str:
         """What the forward passes compute in: bf16 (autocast on CUDA, or on the CPU with `cpu_bf16`) or fp32."""
-        return "bf16" if self.device.type == "cuda" or (self.device.type == "cpu" and self.settings.cpu_bf16) else "fp32"
+        return "bf16" if compute_dtype(self.device, self.settings.cpu_bf16) == torch.bfloat16 else "fp32"
 
     def prepare(self, model: nn.Module) -> nn.Module:
         """The model on the run's device, in the memory format the device wants.
