@@ -101,6 +101,15 @@ def test_budget_shortens_the_horizon_never_below_what_is_done():
     assert budgeted_horizon(30, 2, 2.0, 0) == 30
 
 
+def test_an_annealed_horizon_is_never_extended():
+    # 23 epochs done of a 23-epoch horizon (lr at zero); a faster pace would now fit 25: the run is over
+    assert budgeted_horizon(60, 23, 1345.9, 1500, current=23) == 23
+    assert budgeted_horizon(60, 23, 1345.9, 1500) == 25  # what it did before
+    # before the end the estimate may still move either way
+    assert budgeted_horizon(60, 20, 1164.6, 1500, current=26) == 25
+    assert budgeted_horizon(60, 20, 1000.0, 1500, current=26) == 30
+
+
 # --- the loop on a toy task: EMA, deadline, exact resume ---------------------------------------------------
 
 

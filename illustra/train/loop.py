@@ -168,7 +168,8 @@ class Trainer:
                     if key != "epoch" and isinstance(value, (int, float)):
                         writer.add_scalar(f"{settings.label}/epoch_{key}", value, state.epoch)
             # Trick: the time budget shortens the cosine horizon (before the checkpoint, so a resume sees it too)
-            state.horizon_epochs = budgeted_horizon(settings.epochs, state.epoch, state.seconds, settings.time_budget_s)
+            state.horizon_epochs = budgeted_horizon(settings.epochs, state.epoch, state.seconds, settings.time_budget_s,
+                                                   current=state.horizon_epochs)
             last = self.stopped_early or (max_steps is not None and state.step >= max_steps) \
                 or state.epoch >= state.horizon_epochs
             # Trick: checkpoints at most every `checkpoint_every_s` (model + optimiser + EMA is 132-176 MiB at width 64,

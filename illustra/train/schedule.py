@@ -14,9 +14,16 @@ def warmup_cosine(step: int, warmup_steps: int, total_steps: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / (total - warmup))))
 
 
-def budgeted_horizon(configured: int, epochs_done: int, seconds: float, budget_s: float) -> int:
+def budgeted_horizon(configured: int, epochs_done: int, seconds: float, budget_s: float,
+                     current: int | None = None) -> int:
     """Trick: the time budget shortens the cosine horizon to the epochs that fit at the measured pace,
-    so the schedule still anneals in time (never more than configured, never fewer than done)."""
+    so the schedule still anneals in time (never more than configured, never fewer than done).
+
+    `current` is the horizon the run has followed so far: once it is reached, the lr has annealed to zero
+    and the run is done. A slightly faster epoch must not extend it into epochs at a near-zero lr that
+    climbs back up (seen: a SimCLR run whose horizon went 23 -> 25 after its 23rd epoch had ended at lr 0)."""
+    if current is not None and epochs_done >= current:
+        return current
     if budget_s <= 0 or epochs_done == 0:
         return configured
     per_epoch = seconds / epochs_done
