@@ -179,3 +179,34 @@ def test_the_report_says_what_each_profile_ships_and_why(tmp_path):
     assert plan_evidence(plan, analysis, "lr", 0.006).startswith("lr=0.006: test +0.037, val +0.032 (helps)")
     assert plan_evidence(plan, analysis, "lr", 0.003) == "the plan's baseline"  # pinned by the plan's `base:`
     assert plan_evidence(plan, analysis, "epochs", 26) == "not a level of this plan (its baseline: 8)"
+
+
+def test_test_figure_interval_matches_sklearn_and_brackets_it(tmp_path, capsys):
+    """benchmarks/f1_interval.py: F1 from a confusion matrix equals sklearn's on the same labels; the bootstrap
+    interval holds the figure and narrows as the test set grows."""
+    import importlib.util
+
+    import numpy as np
+    from sklearn.metrics import confusion_matrix, f1_score
+
+    spec = importlib.util.spec_from_file_location("f1_interval", CONFIG_DIR.parent / "benchmarks" / "f1_interval.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    rng = np.random.default_rng(0)
+    truth = rng.integers(0, 5, 400)
+    predicted = np.where(rng.random(400) < 0.7, truth, rng.integers(0, 6, 400))  # class 5: predicted, never true
+    confusion = confusion_matrix(truth, predicted, labels=range(7))  # class 6: neither, left out of the mean
+    macro, micro = module.f1_from_confusion(confusion)
+    assert macro == pytest.approx(f1_score(truth, predicted, average="macro"))
+    assert micro == pytest.approx(f1_score(truth, predicted, average="micro"))
+    widths = []
+    for scale in (1, 16):
+        drawn = module.bootstrap_confusion(confusion * scale, draws=300)
+        low, high = module.interval(drawn[:, 0], 0.95)
+        assert low < macro < high
+        widths.append(high - low)
+    assert widths[1] < widths[0] / 2  # 16x the images: about a quarter of the width
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "metrics.json").write_text(json.dumps({"test_confusion": confusion.tolist()}))
+    assert module.main([str(tmp_path / "run" / "metrics.json"), "--draws", "50"]) == 0
+    assert f"macro-F1 {macro:.4f}" in capsys.readouterr().out
