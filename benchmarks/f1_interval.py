@@ -31,10 +31,9 @@ def f1_from_confusion(confusion: np.ndarray) -> tuple[float, float]:
     """
     confusion = np.asarray(confusion, float)
     true_positive = np.diag(confusion)
-    support, predicted = confusion.sum(axis=1), confusion.sum(axis=0)
-    seen = (support + predicted) > 0
-    denominator = support + predicted
-    f1 = np.divide(2 * true_positive, denominator, out=np.zeros_like(true_positive), where=denominator > 0)
+    denominator = confusion.sum(axis=1) + confusion.sum(axis=0)  # true + predicted images of each class
+    seen = denominator > 0
+    f1 = np.divide(2 * true_positive, denominator, out=np.zeros_like(true_positive), where=seen)
     macro = float(f1[seen].mean()) if seen.any() else float("nan")
     total = confusion.sum()
     micro = float(true_positive.sum() / total) if total else float("nan")
@@ -66,11 +65,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     macros = []
     for path in args.metrics:
-        metrics = json.loads(path.read_text())
+        try:
+            metrics = json.loads(path.read_text())
+        except (OSError, ValueError) as error:  # a missing or broken file is named, and the other runs still print
+            print(f"{path}: not readable as a run's metrics.json ({error}), skipped")
+            continue
         if "test_confusion" not in metrics:
             print(f"{path}: no test confusion (trained on all images?), skipped")
             continue
         confusion = np.asarray(metrics["test_confusion"])
+        if confusion.ndim != 2 or confusion.shape[0] != confusion.shape[1] or confusion.sum() <= 0:
+            print(f"{path}: test confusion is not a non-empty square matrix, skipped")
+            continue
         macro, micro = f1_from_confusion(confusion)
         drawn = bootstrap_confusion(confusion, args.draws, args.seed)
         (m_low, m_high), (u_low, u_high) = interval(drawn[:, 0], args.level), interval(drawn[:, 1], args.level)
