@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from conftest import free_port
 from illustra.data.cache import CacheSpec, open_pixels
 from illustra.data.index import IndexSettings, index_dataset
 from illustra.data.manifest import load_manifest
+from illustra.errors import UserError
 from illustra.ssl.augment import (
     ViewConfig,
     channel_shuffle,
@@ -33,7 +35,15 @@ from illustra.ssl.augment import (
 )
 from illustra.ssl.encoder import Encoder, EncoderConfig
 from illustra.ssl.jobs import embed_folder, parse_duration
-from illustra.ssl.pretrain import PretrainConfig, SimCLR, export_encoder, load_encoder, make_optimizer, pretrain
+from illustra.ssl.pretrain import (
+    PretrainConfig,
+    SimCLR,
+    export_encoder,
+    load_encoder,
+    make_optimizer,
+    multi_view_ntxent,
+    pretrain,
+)
 from illustra.train.checkpoint import optimizer_tensors, restore_optimizer
 from illustra.weights import read_metadata
 
@@ -126,6 +136,34 @@ def test_loss_decreases_on_a_tiny_set(tiny_pixels, tmp_path):
     assert np.mean(losses[-2:]) < losses[0] - 0.1, losses
 
 
+def test_multi_view_ntxent_is_simclr_for_two_views_and_counts_every_view_as_positive():
+    from lightly.loss import NTXentLoss
+
+    generator = torch.Generator().manual_seed(0)
+    first, second = torch.randn(12, 16, generator=generator), torch.randn(12, 16, generator=generator)
+    assert multi_view_ntxent([first, second], 0.2).item() == pytest.approx(NTXentLoss(temperature=0.2)(first, second).item(),
+                                                                          rel=1e-5)
+    images = torch.randn(12, 16, generator=generator)
+    noisy = [images + 0.1 * torch.randn(12, 16, generator=generator) for _ in range(4)]
+    aligned = multi_view_ntxent(noisy, 0.2)
+    shuffled = multi_view_ntxent([noisy[0], noisy[1], noisy[2][torch.randperm(12, generator=generator)], noisy[3]], 0.2)
+    # the floor is log(3): three positives share the probability mass; a view of another image is punished
+    assert math.log(3) < aligned < math.log(3) + 0.3 < shuffled
+
+
+def test_multi_crop_pretraining_learns_and_records_its_views(tiny_pixels, tmp_path):
+    pixels, labels = tiny_pixels
+    config = TINY.__class__(**{**TINY.__dict__, "epochs": 20, "lr": 1e-2, "local_crops": 2, "local_size": 12})
+    summary = pretrain(pixels, labels, tmp_path, config, PRE, progress=False)
+    losses = [h["loss"] for h in summary["history"]]
+    assert np.mean(losses[-3:]) < losses[0] - 0.3, losses  # 4 views: noisier per epoch than two, so longer
+    training = read_metadata(tmp_path / "encoder.safetensors")["training"]
+    assert training["config"]["local_crops"] == 2 and training["config"]["local_size"] == 12
+    with pytest.raises(UserError, match="local_size"):
+        pretrain(pixels, labels, tmp_path / "bad", TINY.__class__(**{**TINY.__dict__, "local_crops": 2, "local_size": 32}),
+                 PRE, progress=False)
+
+
 def test_encoder_file_round_trip_with_metadata(tmp_path):
     encoder = Encoder(EncoderConfig(width=8, stages=2, input_size=16)).eval()
     path = export_encoder(tmp_path / "e.safetensors", encoder, TINY, PRE, {"epochs": 0})
@@ -187,7 +225,8 @@ def test_parse_duration():
     assert parse_duration("20m") == 1200 and parse_duration("1.5h") == 5400 and parse_duration("90") == 90
 
 
-def test_ddp_two_processes_on_cpu_with_gloo(fixture_bench, tmp_path):
+@pytest.mark.parametrize("local_crops", [0, 2])
+def test_ddp_two_processes_on_cpu_with_gloo(fixture_bench, tmp_path, local_crops):
     repo = Path(__file__).resolve().parent.parent
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
@@ -195,7 +234,8 @@ def test_ddp_two_processes_on_cpu_with_gloo(fixture_bench, tmp_path):
                "--out", str(tmp_path / "run"), "--work", str(tmp_path / "work"),
                "--set", "epochs=2", "--set", "batch_size=8", "--set", "knn_every=0", "--set", "threads=1",
                "--set", "encoder.width=8", "--set", "encoder.stages=2", "--set", "encoder.input_size=16",
-               "--set", "projection_hidden=32", "--set", "projection_dim=16"]
+               "--set", "projection_hidden=32", "--set", "projection_dim=16",
+               "--set", f"local_crops={local_crops}", "--set", "local_size=8"]
     done = subprocess.run(command, cwd=repo, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())

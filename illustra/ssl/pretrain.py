@@ -1,7 +1,8 @@
 """SimCLR pretraining of our encoder from random initialisation, on the pixel cache.
 
 What is SimCLR's own here: two batched views per image (augment.py) run in one forward pass,
-lightly's NTXentLoss with negatives gathered across ranks, AdamW (or LARS) with the lr scaled
+lightly's NTXentLoss with negatives gathered across ranks (or, with `local_crops`, multi-crop: small
+extra views in a second pass and a multi-positive NT-Xent over all views), AdamW (or LARS) with the lr scaled
 linearly with the global batch, a kNN monitor on a labelled slice and an encoder snapshot at each
 monitor point. Everything else (device, seeding, warm-up + cosine, the time budget, bf16 +
 channels_last, DDP, atomic checkpoints with exact resume, progress, TensorBoard) is the training
@@ -11,12 +12,13 @@ core's (`illustra.train`).
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from illustra.config import build, yaml_defaults
 from illustra.errors import UserError
@@ -29,7 +31,8 @@ from illustra.train.random import device_generator
 from illustra.weights import save_weights
 
 ENCODER_FILE = "encoder.safetensors"
-__all__ = ["ENCODER_FILE", "PretrainConfig", "SimCLR", "export_encoder", "load_encoder", "make_optimizer", "pretrain"]
+__all__ = ["ENCODER_FILE", "PretrainConfig", "SimCLR", "export_encoder", "load_encoder", "make_optimizer",
+           "multi_view_ntxent", "pretrain"]
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,9 @@ class PretrainConfig:
 
     encoder: EncoderConfig
     views: ViewConfig
+    local_crops: int  # multi-crop: extra small views per image (0: plain two-view SimCLR)
+    local_size: int
+    local_crop_scale: tuple[float, float]
     epochs: int
     batch_size: int
     optimizer: str  # adamw | lars
@@ -105,8 +111,35 @@ def export_encoder(path: Path, encoder: Encoder, config: PretrainConfig, preproc
                                         "profile": config.profile or "custom"})
 
 
+def multi_view_ntxent(projections: list[torch.Tensor], temperature: float, gather: bool = False) -> torch.Tensor:
+    """NT-Xent over V views of the same B images: every other view of an image is a positive, every view of
+    another image a negative; the loss is the mean over anchors of the mean -log softmax of its positives.
+
+    With V = 2 this is SimCLR's NT-Xent (lightly's `NTXentLoss`) exactly; with local crops it is the
+    multi-crop form of SwAV/solo-learn. `gather` adds the other ranks' views as negatives (DDP).
+    """
+    from lightly.utils import dist as lightly_dist
+
+    views, batch = len(projections), projections[0].shape[0]
+    anchors = F.normalize(torch.cat(projections), dim=1)  # (V*B, d), view-major
+    bank, offset = anchors, 0
+    if gather and lightly_dist.world_size() > 1:
+        bank = torch.cat(lightly_dist.gather(anchors))
+        offset = lightly_dist.rank() * len(anchors)
+    logits = anchors @ bank.T / temperature
+    rows = torch.arange(len(anchors), device=anchors.device)
+    logits[rows, rows + offset] = float("-inf")  # never its own positive or negative
+    image = rows % batch
+    positive = torch.zeros_like(logits, dtype=torch.bool)
+    positive[:, offset:offset + len(anchors)] = image.view(-1, 1) == image.view(1, -1)
+    positive[rows, rows + offset] = False
+    log_prob = logits.log_softmax(dim=1)
+    return -(log_prob.masked_fill(~positive, 0.0).sum(1) / (views - 1)).mean()
+
+
 class SimCLRTask:
-    """SimCLR's batches (two views of this rank's share of a fresh permutation) and its loss."""
+    """SimCLR's batches (two views of this rank's share of a fresh permutation, plus `local_crops` small
+    ones) and its loss."""
 
     def __init__(self, data: torch.Tensor, config: PretrainConfig, trainer: Trainer, steps_per_epoch: int) -> None:
         from lightly.loss import NTXentLoss
@@ -122,13 +155,24 @@ class SimCLRTask:
             images = to_float(self.data[share[step * batch:(step + 1) * batch]].to(device, non_blocking=True))
             views = torch.cat([make_view(images, size, self.config.views, random.torch),
                                make_view(images, size, self.config.views, random.torch)])
-            yield (self.trainer.to_input(views),)
+            if not self.config.local_crops:
+                yield (self.trainer.to_input(views),)
+                continue
+            local = replace(self.config.views, crop_scale=self.config.local_crop_scale)
+            small = torch.cat([make_view(images, self.config.local_size, local, random.torch)
+                               for _ in range(self.config.local_crops)])
+            yield self.trainer.to_input(views), self.trainer.to_input(small)
 
     def loss(self, model: nn.Module, batch) -> torch.Tensor:
         projections = model(batch[0])  # Trick: both views in one forward pass (one batch-norm batch)
-        with full_precision(projections.device):  # the contrastive logits in float32, outside bf16
-            first, second = projections.float().chunk(2)
-            return self.criterion(first, second)
+        if len(batch) == 1:
+            with full_precision(projections.device):  # the contrastive logits in float32, outside bf16
+                first, second = projections.float().chunk(2)
+                return self.criterion(first, second)
+        small = model(batch[1])  # the local views at their own size: a second pass (and batch-norm batch)
+        with full_precision(projections.device):
+            views = [*projections.float().chunk(2), *small.float().chunk(self.config.local_crops)]
+            return multi_view_ntxent(views, self.config.temperature, gather=self.trainer.world > 1)
 
 
 def pretrain(
@@ -140,6 +184,9 @@ def pretrain(
     `labels` are used only by the kNN monitor (a label-free run passes -1 everywhere).
     """
     run_dir = Path(run_dir)
+    if config.local_crops < 0 or (config.local_crops and not 4 <= config.local_size <= config.encoder.input_size):
+        raise UserError(f"local_crops={config.local_crops}, local_size={config.local_size}: use local_crops >= 0 "
+                        f"and a local_size between 4 and the input size ({config.encoder.input_size})")
     if config.threads:
         torch.set_num_threads(config.threads)
     data = torch.from_numpy(np.ascontiguousarray(pixels)).permute(0, 3, 1, 2)  # uint8, stays uint8 in RAM
