@@ -41,14 +41,16 @@ def main() -> None:
     """Time the training and check it learns."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast on the CPU too (native-bf16 CPUs)")
     args = parser.parse_args()
     patches, labels = synthetic_patches(8000, seed=0)
     started = time.perf_counter()
-    model = fit_texture_net(patches, labels, steps=args.steps)
+    model = fit_texture_net(patches, labels, steps=args.steps, cpu_bf16=args.bf16)
     seconds = time.perf_counter() - started
     fresh, truth = synthetic_patches(2000, seed=1)
     accuracy = float(((patch_logits(model, fresh) > 0) == truth).mean())
-    print(f"device {pick_device()}: {1000 * seconds / args.steps:.1f} ms/step over {args.steps} steps "
+    precision = " bf16" if args.bf16 else ""
+    print(f"device {pick_device()}{precision}: {1000 * seconds / args.steps:.1f} ms/step over {args.steps} steps "
           f"(batch 128); accuracy on fresh patches {accuracy:.3f}")
 
 

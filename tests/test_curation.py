@@ -235,7 +235,8 @@ def test_foreground_patches_lie_inside_the_foreground():
     assert len(foreground_patches(photo_cut_out(3), 32, 8, rng)) == 8  # a cut-out has patches inside its outline
 
 
-def test_texture_view_learns_from_the_frame_view_and_calls_a_cut_out_it_missed():
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])  # bf16: the autocast path (native-bf16 CPUs, and CUDA)
+def test_texture_view_learns_from_the_frame_view_and_calls_a_cut_out_it_missed(precision):
     photos = [photo(s) for s in range(6)]
     fills = ((250, 200, 40), (60, 140, 220), (200, 60, 60), (90, 200, 90), (150, 90, 200), (240, 140, 60))
     drawings = [drawing(k, fill=c) for k in ("face", "house") for c in fills]
@@ -246,7 +247,8 @@ def test_texture_view_learns_from_the_frame_view_and_calls_a_cut_out_it_missed()
     rng = np.random.default_rng(0)
     taken = [foreground_patches(image, 32, 8, rng) for image in images]
     owner = np.concatenate([np.full(len(t), i) for i, t in enumerate(taken)])
-    logits = texture_view_logits(frame_score, np.concatenate(taken), owner, PhotoSettings(texture_steps=150))
+    settings = PhotoSettings(texture_steps=150, texture_precision_cpu=precision)
+    logits = texture_view_logits(frame_score, np.concatenate(taken), owner, settings)
     assert logits[-2:].min() > 0 > logits[len(photos):-2].max(), logits.round(1)
 
 

@@ -32,6 +32,7 @@ from illustra.curation.duplicates import nearest_neighbours
 from illustra.curation.texture import fit_texture_net, foreground_patches, image_means, patch_logits
 from illustra.data.imageio import load_image
 from illustra.data.index import ordered_map
+from illustra.train.device import cpu_bf16
 
 STAT_COLUMNS = ("foreground_share", "flat_share", "soft_edge_share", "sharp_edge_share", "colour_log_count",
                 "texture_share")
@@ -91,6 +92,7 @@ class PhotoSettings:
     texture_width: int  # channels of the texture CNN's first layer
     texture_batch: int  # patches per training step, half from each side
     texture_lr: float  # peak learning rate of its one-cycle schedule
+    texture_precision_cpu: str  # fp32 | bf16 | auto (bf16 where the CPU has native bf16); CUDA trains it in bf16
     patch_min_cover: float  # share of a patch that must be foreground
     min_confident: int  # fewest confident images per side before a learner is trained on them
     self_training_later_confidence: float  # confidence of self-training rounds after the first
@@ -599,7 +601,7 @@ def texture_view_logits(frame_score: np.ndarray, patches: np.ndarray, owner: np.
                                 steps=texture_step_count(int(train.sum()), settings), batch=settings.texture_batch,
                                 learning_rate=settings.texture_lr, seconds=settings.texture_seconds,
                                 seed=settings.seed + round_, progress=progress, writer=writer,
-                                width=settings.texture_width)
+                                width=settings.texture_width, cpu_bf16=cpu_bf16(settings.texture_precision_cpu))
         logits = image_means(owner, patch_logits(model, patches), len(frame_score))
     return logits
 

@@ -94,7 +94,7 @@ class TextureTask:
 
 def fit_texture_net(patches: np.ndarray, labels: np.ndarray, steps: int = 1500, batch: int = 128,
                     learning_rate: float = 2e-3, seconds: float = 600.0, seed: int = 0, progress=None,
-                    writer=None, width: int = 16) -> TextureNet:
+                    writer=None, width: int = 16, cpu_bf16: bool = False) -> TextureNet:
     """Train a TextureNet on patches labelled 1 (photo) / 0 (drawing), classes balanced in every batch.
 
     Augmentation: flips, quarter turns, a JPEG round trip (quality 60-95) on half the patches, and colour
@@ -105,7 +105,7 @@ def fit_texture_net(patches: np.ndarray, labels: np.ndarray, steps: int = 1500, 
     23 % faster there, benchmarks/texture_speed.py).
     """
     settings = LoopSettings(epochs=1, steps_per_epoch=steps, seed=seed, time_budget_s=seconds, hard_deadline=True,
-                            label="texture_view", log_every=25, cpu_channels_last=True)
+                            label="texture_view", log_every=25, cpu_channels_last=True, cpu_bf16=cpu_bf16)
     trainer = Trainer(settings, progress=progress if progress is not None else False, writer=writer)
     model = trainer.prepare(TextureNet(width))
     optimiser = torch.optim.AdamW(model.parameters(), learning_rate, weight_decay=1e-4)
