@@ -252,6 +252,11 @@ def test_texture_view_learns_from_the_frame_view_and_calls_a_cut_out_it_missed(p
     assert logits[-2:].min() > 0 > logits[len(photos):-2].max(), logits.round(1)
 
 
+def test_a_bad_texture_precision_is_refused_before_any_work():
+    with pytest.raises(ValueError, match="fp16"):
+        PhotoSettings.from_dict({"texture_precision_cpu": "fp16"})
+
+
 def test_texture_labels_never_teach_a_textured_foreground_as_a_drawing():
     settings = PhotoSettings(foreground_negative_share=0.05)
     frame = np.array([0.99, 0.01, 0.01, 0.01, 0.5, np.nan])

@@ -100,8 +100,10 @@ class PhotoSettings:
 
     @classmethod
     def from_dict(cls, raw: dict | None) -> PhotoSettings:
-        """Settings from a config mapping (unknown keys are an error)."""
-        return build(cls, raw)
+        """Settings from a config mapping (unknown keys are an error; a bad precision too, before any work)."""
+        settings = build(cls, raw)
+        cpu_bf16(settings.texture_precision_cpu)
+        return settings
 
     def to_dict(self) -> dict:
         """Plain mapping, for the run record."""
