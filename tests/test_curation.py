@@ -616,10 +616,10 @@ def test_candidate_search_switches_to_hnsw_above_the_exact_limit_and_finds_the_s
 
 
 def test_texture_view_training_scales_with_the_folder():
-    """A 150-image folder trains the texture view for seconds (20 passes), a large one for the full 1,500 steps."""
+    """A 150-image folder trains the texture view for seconds (20 passes), a large one for the full 2,500 steps."""
     from illustra.curation.photos import texture_step_count
 
     settings = PhotoSettings()
     assert texture_step_count(150 * 8, settings) == 188
-    assert texture_step_count(9_000 * 8, settings) == settings.texture_steps == 1500
+    assert texture_step_count(9_000 * 8, settings) == settings.texture_steps == 2500
     assert texture_step_count(3, settings) == 50

@@ -79,7 +79,7 @@ class PhotoSettings:
     texture_view: bool  # patch CNN on the foreground, trained on the frame view's confident calls
     patch_size: int  # patch side, pixels at stats_side scale
     patches_per_image: int
-    texture_steps: int  # training steps (batch 128); about 2 min on 2 CPU cores
+    texture_steps: int  # training steps (batch 128); about 2 min on 2 bf16 CPU cores
     texture_passes: float  # ... but at most this many passes over the confident patches (small folders)
     texture_seconds: float  # time budget for that training
     texture_confidence: float  # frame scores above this / below 1 - this are its pseudo-labels
@@ -531,8 +531,8 @@ def cluster_scores(posterior: np.ndarray, labels: np.ndarray, rule: str = "lift"
 def texture_step_count(patches: int, settings: PhotoSettings) -> int:
     """Training steps of the texture view: `texture_steps`, but at most `texture_passes` passes over its patches.
 
-    A small folder then costs seconds, not the 2 minutes the 25,000-image case needs (the cap does not bind
-    on the benchmark or the holdout folders: 1,500 steps are 4-20 passes there)."""
+    A small folder then costs seconds, not the minutes the 25,000-image case needs (1,500 steps were 4-20
+    passes on the benchmark and the holdout folders, so at 2,500 the cap binds on the smaller of them)."""
     passes = int(np.ceil(settings.texture_passes * patches / max(settings.texture_batch, 1)))
     return max(min(settings.texture_steps, passes), min(50, settings.texture_steps))
 
