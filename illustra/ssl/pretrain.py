@@ -146,6 +146,7 @@ class SimCLRTask:
 
         self.data, self.config, self.trainer, self.steps = data, config, trainer, steps_per_epoch
         self.criterion = NTXentLoss(temperature=config.temperature, gather_distributed=trainer.world > 1)
+        self.local_views = replace(config.views, crop_scale=config.local_crop_scale)  # multi-crop's small views
 
     def batches(self, epoch: int, random, device: torch.device):
         order = torch.randperm(len(self.data), generator=random.cpu_generator(epoch))  # same on every rank
@@ -158,8 +159,7 @@ class SimCLRTask:
             if not self.config.local_crops:
                 yield (self.trainer.to_input(views),)
                 continue
-            local = replace(self.config.views, crop_scale=self.config.local_crop_scale)
-            small = torch.cat([make_view(images, self.config.local_size, local, random.torch)
+            small = torch.cat([make_view(images, self.config.local_size, self.local_views, random.torch)
                                for _ in range(self.config.local_crops)])
             yield self.trainer.to_input(views), self.trainer.to_input(small)
 
