@@ -623,3 +623,7 @@ def test_texture_view_training_scales_with_the_folder():
     assert texture_step_count(150 * 8, settings) == 188
     assert texture_step_count(9_000 * 8, settings) == settings.texture_steps == 2500
     assert texture_step_count(3, settings) == 50
+    floored = replace(settings, texture_min_steps=1300)  # a floor lifts small folders, never past the steps
+    assert texture_step_count(150 * 8, floored) == 1300
+    assert texture_step_count(9_000 * 8, floored) == 2500
+    assert texture_step_count(150 * 8, replace(floored, texture_steps=400)) == 400

@@ -80,7 +80,8 @@ class PhotoSettings:
     patch_size: int  # patch side, pixels at stats_side scale
     patches_per_image: int
     texture_steps: int  # training steps (batch 128); about 2 min on 2 bf16 CPU cores
-    texture_passes: float  # ... but at most this many passes over the confident patches (small folders)
+    texture_passes: float  # ... but at most this many passes over the confident patches (small folders) ...
+    texture_min_steps: int  # ... and never fewer than this many steps (nor more than texture_steps); 0: no floor
     texture_seconds: float  # time budget for that training
     texture_confidence: float  # frame scores above this / below 1 - this are its pseudo-labels
     texture_rounds: int  # co-training: later rounds also learn from the previous round's confident texture calls
@@ -534,7 +535,8 @@ def texture_step_count(patches: int, settings: PhotoSettings) -> int:
     A small folder then costs seconds, not the minutes the 25,000-image case needs (1,500 steps were 4-20
     passes on the benchmark and the holdout folders, so at 2,500 the cap binds on the smaller of them)."""
     passes = int(np.ceil(settings.texture_passes * patches / max(settings.texture_batch, 1)))
-    return max(min(settings.texture_steps, passes), min(50, settings.texture_steps))
+    floor = min(max(50, settings.texture_min_steps), settings.texture_steps)
+    return max(min(settings.texture_steps, passes), floor)
 
 
 def texture_labels(frame_score: np.ndarray, texture: np.ndarray | None, settings: PhotoSettings,
