@@ -616,14 +616,16 @@ def test_candidate_search_switches_to_hnsw_above_the_exact_limit_and_finds_the_s
 
 
 def test_texture_view_training_scales_with_the_folder():
-    """A 150-image folder trains the texture view for seconds (20 passes), a large one for the full 2,500 steps."""
+    """A large folder trains the texture view for the full 2,500 steps; a small one for 20 passes over its patches,
+    but never fewer than the 1,300-step floor (and never more than `texture_steps`)."""
     from illustra.curation.photos import texture_step_count
 
     settings = PhotoSettings()
-    assert texture_step_count(150 * 8, settings) == 188
+    assert settings.texture_min_steps == 1300
     assert texture_step_count(9_000 * 8, settings) == settings.texture_steps == 2500
-    assert texture_step_count(3, settings) == 50
-    floored = replace(settings, texture_min_steps=1300)  # a floor lifts small folders, never past the steps
-    assert texture_step_count(150 * 8, floored) == 1300
-    assert texture_step_count(9_000 * 8, floored) == 2500
-    assert texture_step_count(150 * 8, replace(floored, texture_steps=400)) == 400
+    assert texture_step_count(150 * 8, settings) == 1300  # 20 passes would be 188 steps
+    assert texture_step_count(1_200 * 8, settings) == 1500  # 20 passes: above the floor
+    assert texture_step_count(150 * 8, replace(settings, texture_steps=400)) == 400
+    unfloored = replace(settings, texture_min_steps=0)
+    assert texture_step_count(150 * 8, unfloored) == 188
+    assert texture_step_count(3, unfloored) == 50
