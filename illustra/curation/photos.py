@@ -532,8 +532,9 @@ def cluster_scores(posterior: np.ndarray, labels: np.ndarray, rule: str = "lift"
 def texture_step_count(patches: int, settings: PhotoSettings) -> int:
     """Training steps of the texture view: `texture_steps`, but at most `texture_passes` passes over its patches.
 
-    A small folder then costs seconds, not the minutes the 25,000-image case needs (1,500 steps were 4-20
-    passes on the benchmark and the holdout folders, so at 2,500 the cap binds on the smaller of them)."""
+    The cap keeps a small folder from paying the 25,000-image case's minutes; `texture_min_steps` (at most
+    `texture_steps`) keeps it from training too briefly: 20 passes were a few hundred steps in the test part's folders
+    and cost F1 on dev (benchmarks/RESULTS.md). At 1,300 steps a small folder's texture view takes about 70 s."""
     passes = int(np.ceil(settings.texture_passes * patches / max(settings.texture_batch, 1)))
     floor = min(max(50, settings.texture_min_steps), settings.texture_steps)
     return max(min(settings.texture_steps, passes), floor)
