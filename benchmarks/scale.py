@@ -106,7 +106,8 @@ def _tree_rss(root: int) -> int:
 
 
 def run(data: Path, out: Path, extra: list[str]) -> dict:
-    command = ["illustra", "run", str(data), "--out", str(out), *extra]
+    command = [sys.executable, "-c", "import sys; from illustra.cli import main; sys.exit(main())",
+               "run", str(data), "--out", str(out), *extra]  # this interpreter's illustra, venv activated or not
     print("$", " ".join(command), flush=True)
     started = time.perf_counter()
     child = subprocess.Popen(command)

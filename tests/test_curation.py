@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -515,6 +516,9 @@ def test_curate_writes_every_output_and_never_touches_data(fixture_bench, tmp_pa
                                     "photo_promoted"]
     assert photos["photo_score"].between(0, 1).all()
     assert any((tmp_path / "cur" / "tb").glob("events.out.tfevents.*"))  # the texture view's loss curve
+    trained = photos["patch_logit"].notna().any()  # its length is on record: 60 steps a round, in curation.json too
+    assert (summary["texture_view_steps"] in (60, 120)) if trained else summary["texture_view_steps"] == 0
+    assert json.loads((tmp_path / "cur" / "curation.json").read_text())["texture_view_steps"] == summary["texture_view_steps"]
     assert not photos["path"].str.contains("\\\\").any() and not photos["path"].str.startswith("/").any()
     truth = pd.read_csv(fixture_bench / "truth" / "duplicates.csv")
     exact = truth[truth["transform"] == "exact"]

@@ -141,6 +141,7 @@ class PhotoCheck(Check):
                                     bar, writer)
             bar.total = bar.n  # a skipped second round (rare photos) ends the bar at 100 %, not half way
             bar.refresh()
+            context.shared["texture_view_steps"] = int(bar.n)  # steps run, every round together (0: it did not run)
         if writer is not None:
             writer.close()
         return evidence.stats.join(columns)

@@ -78,6 +78,7 @@ def curate(data: str | Path, out: str | Path, work: str | Path, encoder: str | P
     manifest["decision"] = _decision(manifest)
     _write_outputs(out, manifest, pairs)
     summary = _summary(manifest, classes, pairs, timings, started, settings.imbalance_plan or _finetune_plan())
+    summary["texture_view_steps"] = context.shared.get("texture_view_steps")  # None: the photo job did not run
     (out / "curation.json").write_text(json.dumps({**summary, "index": index_identity(work), "settings": {
         "duplicates": settings.duplicates.to_dict(), "photos": settings.photos.to_dict()}}, indent=2), encoding="utf-8")
     if "report" in jobs:
