@@ -188,6 +188,24 @@ def test_style_variants_and_one_local_detail_are_not_duplicates(duplicate_tree):
     assert loose_group["L2_3/flag_star.png"] == loose_group["L2_3/flag.png"]
 
 
+def test_the_crop_search_samples_separably_what_grid_sample_gives(duplicate_tree):
+    """The descent's fast path (`_axis_weights`: Wy @ image @ Wx^T) is `_sample`, crops reaching outside included."""
+    from illustra.curation.duplicates import _axis_weights, _sample, content_rects
+    from illustra.data.manifest import load_manifest
+
+    data, work = duplicate_tree
+    manifest = load_manifest(work)
+    images = open_pixels(work)[manifest["cache_row"].to_numpy()]
+    ink = 1 - torch.from_numpy(np.asarray(images)).permute(0, 3, 1, 2).float() / 255
+    rects = content_rects(manifest["width"].to_numpy(float), manifest["height"].to_numpy(float), images.shape[1])
+    crop = (torch.rand(len(ink), 4, generator=torch.Generator().manual_seed(0)) - 0.5) * 0.3
+    for size, over in ((16, 2), (64, 1)):
+        wx = _axis_weights(rects[:, 0], rects[:, 1], crop[:, 0], crop[:, 1], size, over, ink.shape[3])
+        wy = _axis_weights(rects[:, 2], rects[:, 3], crop[:, 2], crop[:, 3], size, over, ink.shape[2])
+        separable = wy[:, None] @ ink @ wx.transpose(1, 2)[:, None]
+        assert torch.allclose(separable, _sample(ink, rects, crop, size, over), atol=1e-5)
+
+
 def test_cross_class_copy_is_a_flagged_label_conflict(duplicate_tree):
     data, work = duplicate_tree
     from illustra.data.manifest import load_manifest

