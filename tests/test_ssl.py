@@ -164,6 +164,22 @@ def test_multi_crop_pretraining_learns_and_records_its_views(tiny_pixels, tmp_pa
                  PRE, progress=False)
 
 
+def test_embeddings_and_patch_logits_do_not_depend_on_the_batch(tiny_pixels):
+    """The CPU defaults are small batches (speed, benchmarks/RESULTS.md): eval-mode inference must not care."""
+    from illustra.curation.texture import TextureNet, patch_logits
+    from illustra.ssl.embed import embed_tensor
+
+    images, _ = tiny_pixels
+    torch.manual_seed(0)
+    encoder = Encoder(EncoderConfig(width=8, stages=2, input_size=32)).eval()
+    pixels = torch.from_numpy(images)
+    np.testing.assert_allclose(embed_tensor(encoder, pixels, 32), embed_tensor(encoder, pixels, 32, batch_size=7),
+                               atol=1e-6)
+    patches = images[:, :16, :16]  # real drawing corners as patches
+    texture = TextureNet(8).eval()
+    np.testing.assert_allclose(patch_logits(texture, patches), patch_logits(texture, patches, chunk=5), atol=1e-6)
+
+
 def test_encoder_file_round_trip_with_metadata(tmp_path):
     encoder = Encoder(EncoderConfig(width=8, stages=2, input_size=16)).eval()
     path = export_encoder(tmp_path / "e.safetensors", encoder, TINY, PRE, {"epochs": 0})

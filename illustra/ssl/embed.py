@@ -24,9 +24,14 @@ EMBEDDINGS_INFO = "embeddings.json"
 
 
 @torch.no_grad()
-def embed_tensor(encoder, images: torch.Tensor, input_size: int, device=None, batch_size: int = 512) -> np.ndarray:
-    """uint8 images (N, 3, S, S) or (N, S, S, 3) -> L2-normalised float32 features (N, D)."""
+def embed_tensor(encoder, images: torch.Tensor, input_size: int, device=None, batch_size: int | None = None
+                 ) -> np.ndarray:
+    """uint8 images (N, 3, S, S) or (N, S, S, 3) -> L2-normalised float32 features (N, D).
+
+    `batch_size` (default 64 on the CPU, 512 on CUDA): on the CPU, small batches keep the activations in cache.
+    64 ran 1.8x the rate of 512 on 2 Zen 4 cores, with the same features (benchmarks/RESULTS.md)."""
     device = device or next(encoder.parameters()).device
+    batch_size = batch_size or (64 if torch.device(device).type == "cpu" else 512)
     encoder.eval()
     chunks = []
     for start in range(0, len(images), batch_size):
