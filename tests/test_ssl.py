@@ -164,9 +164,10 @@ def test_multi_crop_pretraining_learns_and_records_its_views(tiny_pixels, tmp_pa
                  PRE, progress=False)
 
 
-def test_embeddings_and_patch_logits_do_not_depend_on_the_batch(tiny_pixels):
+def test_embeddings_patch_logits_and_predictions_do_not_depend_on_the_batch(tiny_pixels):
     """The CPU defaults are small batches (speed, benchmarks/RESULTS.md): eval-mode inference must not care."""
     from illustra.curation.texture import TextureNet, patch_logits
+    from illustra.finetune.model import Classifier, predict_proba
     from illustra.ssl.embed import embed_tensor
 
     images, _ = tiny_pixels
@@ -178,6 +179,9 @@ def test_embeddings_and_patch_logits_do_not_depend_on_the_batch(tiny_pixels):
     patches = images[:, :16, :16]  # real drawing corners as patches
     texture = TextureNet(8).eval()
     np.testing.assert_allclose(patch_logits(texture, patches), patch_logits(texture, patches, chunk=5), atol=1e-6)
+    classifier = Classifier(encoder, 3).eval()
+    np.testing.assert_allclose(predict_proba(classifier, pixels, 32, tta="zoom"),
+                               predict_proba(classifier, pixels, 32, batch_size=7, tta="zoom"), atol=1e-6)
 
 
 def test_encoder_file_round_trip_with_metadata(tmp_path):
