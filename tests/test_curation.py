@@ -189,8 +189,9 @@ def test_style_variants_and_one_local_detail_are_not_duplicates(duplicate_tree):
 
 
 def test_the_crop_search_samples_separably_what_grid_sample_gives(duplicate_tree):
-    """The descent's fast path (`_axis_weights`: Wy @ image @ Wx^T) is `_sample`, crops reaching outside included."""
-    from illustra.curation.duplicates import _axis_weights, _sample, content_rects
+    """The descent's fast path (`_axis_weights`: Wy @ image @ Wx^T) is `_sample`, crops reaching outside included;
+    `_blur` as matrices is the 3 x 3 pooling twice."""
+    from illustra.curation.duplicates import _axis_weights, _blur, _sample, content_rects
     from illustra.data.manifest import load_manifest
 
     data, work = duplicate_tree
@@ -204,6 +205,10 @@ def test_the_crop_search_samples_separably_what_grid_sample_gives(duplicate_tree
         wy = _axis_weights(rects[:, 2], rects[:, 3], crop[:, 2], crop[:, 3], size, over, ink.shape[2])
         separable = wy[:, None] @ ink @ wx.transpose(1, 2)[:, None]
         assert torch.allclose(separable, _sample(ink, rects, crop, size, over), atol=1e-5)
+    pooled = ink  # the blur, written as matrices, is the pooling it stands for (edges averaged over what is inside)
+    for _ in range(2):
+        pooled = torch.nn.functional.avg_pool2d(pooled, 3, stride=1, padding=1, count_include_pad=False)
+    assert torch.allclose(_blur(ink), pooled, atol=1e-5)
 
 
 def test_cross_class_copy_is_a_flagged_label_conflict(duplicate_tree):
