@@ -326,11 +326,12 @@ def _descend(ink_a: torch.Tensor, rect_a: torch.Tensor, b_small: torch.Tensor, c
         mask = _overlap(trial, size)
         return _mean_over(_masked_residual(sampled(fixed, trial, axis), b_small, mask), mask)
 
-    best = cost(fixed_rows(crop), crop, 0)
+    fixed = fixed_rows(crop)
+    best = cost(fixed, crop, 0)
     for step in (0.02, 0.01, 0.005):
         for axis in range(4):
-            if axis in (0, 2):  # the other axis stays where it is while this one's two values are tried
-                fixed = fixed_rows(crop) if axis == 0 else fixed_columns(crop)
+            if axis == 2 or (axis == 0 and step != 0.02):  # the other axis is held while this one's values are tried
+                fixed = fixed_rows(crop) if axis == 0 else fixed_columns(crop)  # (the first x trials reuse the start's)
             for sign in (-1.0, 1.0):
                 trial = crop.clone()
                 trial[:, axis] = (trial[:, axis] + sign * step).clamp(-max_crop, max_crop)
