@@ -2,6 +2,7 @@
 
     python benchmarks/scale.py make --bench work/bench --out work/scale25k --target 25000
     python benchmarks/scale.py run --data work/scale25k/training --out work/scale25k_run [-- EXTRA illustra run ARGS]
+    python benchmarks/scale.py score --bench work/bench --photos work/scale25k_run/curation/photos.csv
 
 `make`: the benchmark has 9,147 files from ~8,000 distinct sources, all the sources the builder has.
 To reach 25,000 without repeating bytes, every benchmark file is kept (hard link) and each gets
@@ -126,6 +127,26 @@ def run(data: Path, out: Path, extra: list[str]) -> dict:
     return result
 
 
+def score_photos(bench: Path, photos_csv: Path) -> dict:
+    """The photo job's calls on the large folder against the benchmark's truth: a mirror or a turn of a photo is one."""
+    import pandas as pd
+    from sklearn.metrics import roc_auc_score
+
+    truth = pd.read_csv(bench / "truth" / "sources.csv")
+    kind = dict(zip(truth["path"], truth["kind"]))
+    calls = pd.read_csv(photos_csv)
+    original = calls["path"].str.replace(r"_(?:mirror|turn)(\.[A-Za-z]+)$", r"\1", regex=True)
+    known = original.map(kind).notna()
+    photo, called = original.map(kind).eq("photo")[known], calls["is_photo"].astype(bool)[known]
+    tp, fp, fn = int((photo & called).sum()), int((~photo & called).sum()), int((photo & ~called).sum())
+    precision, recall = tp / max(tp + fp, 1), tp / max(tp + fn, 1)
+    return {"images": int(known.sum()), "unknown": int((~known).sum()), "photos": int(photo.sum()), "tp": tp, "fp": fp,
+            "fn": fn, "precision": round(precision, 4), "recall": round(recall, 4),
+            "f1": round(2 * precision * recall / max(precision + recall, 1e-9), 4),
+            "roc_auc": round(float(roc_auc_score(photo, calls["photo_score"].fillna(0)[known])), 4),
+            "false_call_share": round(fp / max(int((~photo).sum()), 1), 4)}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -139,9 +160,14 @@ def main(argv: list[str] | None = None) -> int:
     running.add_argument("--data", type=Path, default=Path("work/scale25k/training"))
     running.add_argument("--out", type=Path, default=Path("work/scale25k_run"))
     running.add_argument("extra", nargs="*", help="more arguments for illustra run (after --)")
+    scoring = commands.add_parser("score", help="score the run's photo calls against the benchmark's truth")
+    scoring.add_argument("--bench", type=Path, default=Path("work/bench"))
+    scoring.add_argument("--photos", type=Path, default=Path("work/scale25k_run/curation/photos.csv"))
     args = parser.parse_args(argv)
     if args.command == "make":
         result = make(args.bench, args.out, args.target, args.workers)
+    elif args.command == "score":
+        result = score_photos(args.bench, args.photos)
     else:
         result = run(args.data, args.out, args.extra)
     print(json.dumps(result, indent=2))

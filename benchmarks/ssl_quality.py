@@ -2,6 +2,7 @@
 
     python benchmarks/ssl_quality.py --bench work/bench --work work/index \
         --encoders work/ssl_main/snapshots/*.safetensors work/ssl_main/encoder.safetensors [--loso]
+    python benchmarks/ssl_quality.py --bench work/bench --work work/index --encoders E.safetensors --readouts
 
 Split: the benchmark's illustrations (photos excluded), 80/20 at random **by source origin**, so
 that a duplicate copy never sits on the other side of its original (the truth is used for this
@@ -64,6 +65,33 @@ def evaluate(encoder, images: torch.Tensor, labels: np.ndarray, is_test: np.ndar
     return scores
 
 
+@torch.no_grad()
+def readout_features(encoder, images: torch.Tensor, input_size: int, batch_size: int = 64) -> dict[str, np.ndarray]:
+    """Other read-outs of one encoder: the final stage (what ships), the stage before it, both, each with its flip."""
+    from illustra.ssl.augment import normalise, resize_batch, to_float
+
+    per_stage = len(encoder.body) // encoder.config.stages
+    unit = torch.nn.functional.normalize
+    parts: dict[str, list] = {"final": [], "stage before": [], "both": [], "final +flip": [], "stage before +flip": [],
+                              "both +flip": []}
+    encoder.eval()
+    for start in range(0, len(images), batch_size):
+        batch = normalise(resize_batch(to_float(images[start:start + batch_size]), input_size))
+        outputs = []
+        for view in (batch, batch.flip(3)):
+            hidden, pooled = encoder.stem(view), []
+            for index, block in enumerate(encoder.body):
+                hidden = block(hidden)
+                if (index + 1) % per_stage == 0:
+                    pooled.append(hidden.mean((2, 3)))
+            final, before = unit(pooled[-1], dim=1), unit(pooled[-2], dim=1)
+            outputs.append({"final": final, "stage before": before, "both": unit(torch.cat([before, final], 1), dim=1)})
+        for name in ("final", "stage before", "both"):
+            parts[name].append(outputs[0][name])
+            parts[f"{name} +flip"].append(unit(outputs[0][name] + outputs[1][name], dim=1))
+    return {name: torch.cat(chunks).numpy() for name, chunks in parts.items()}
+
+
 def main() -> None:
     """Print one row per encoder (random init first)."""
     parser = argparse.ArgumentParser()
@@ -72,6 +100,8 @@ def main() -> None:
     parser.add_argument("--encoders", nargs="+", required=True)
     parser.add_argument("--cache-size", type=int, default=64)
     parser.add_argument("--loso", action="store_true", help="also kNN leave-one-style-out (bank: the other styles)")
+    parser.add_argument("--readouts", action="store_true",
+                        help="instead: kNN of other read-outs of the first encoder (stage before the last, both, flips)")
     args = parser.parse_args()
     torch.manual_seed(0)
     manifest = load_manifest(args.work)
@@ -81,6 +111,16 @@ def main() -> None:
           f"{len(set(labels))} classes")
     first, meta = load_encoder(args.encoders[0])
     architecture = meta["architecture"]
+    if args.readouts:
+        print("| read-out | kNN top-1 | kNN macro-F1 | kNN LOSO mean |")
+        print("| --- | ---: | ---: | ---: |")
+        for name, features in readout_features(first, images, architecture["input_size"]).items():
+            scores = knn_scores(features[~is_test], labels[~is_test], features[is_test], labels[is_test], k=20)
+            loso = np.mean([knn_scores(features[~np.isin(styles, m)], labels[~np.isin(styles, m)],
+                                       features[np.isin(styles, m)], labels[np.isin(styles, m)], k=20)["knn_macro_f1"]
+                            for m in HOLDOUTS.values()])
+            print(f"| {name} | {scores['knn_top1']:.4f} | {scores['knn_macro_f1']:.4f} | {loso:.4f} |", flush=True)
+        return
     candidates = [("random init", Encoder(EncoderConfig(**architecture)).eval(), architecture)]
     for path in args.encoders:
         encoder, meta = load_encoder(path)
