@@ -151,6 +151,31 @@ def test_multi_view_ntxent_is_simclr_for_two_views_and_counts_every_view_as_posi
     assert math.log(3) < aligned < math.log(3) + 0.3 < shuffled
 
 
+def test_decoupled_loss_is_lightlys_dcl_and_drops_only_the_positive_from_the_denominator():
+    from lightly.loss import DCLLoss
+
+    generator = torch.Generator().manual_seed(1)
+    first = torch.randn(12, 16, generator=generator)
+    second = first + 0.3 * torch.randn(12, 16, generator=generator)
+    decoupled = multi_view_ntxent([first, second], 0.2, decoupled=True)
+    assert decoupled.item() == pytest.approx(DCLLoss(temperature=0.2)(first, second).item(), rel=1e-5)
+    # NT-Xent's denominator holds the positive too, so it is the larger loss, by at most log(1 + e^(2/T))
+    coupled = multi_view_ntxent([first, second], 0.2)
+    assert decoupled < coupled < decoupled + math.log(1 + math.exp(2 / 0.2))
+
+
+def test_pretraining_with_the_decoupled_loss_learns(tiny_pixels, tmp_path):
+    pixels, labels = tiny_pixels
+    config = TINY.__class__(**{**TINY.__dict__, "epochs": 12, "loss": "dcl"})
+    summary = pretrain(pixels, labels, tmp_path, config, PRE, progress=False)
+    losses = [h["loss"] for h in summary["history"]]
+    assert np.mean(losses[-2:]) < losses[0] - 0.1, losses
+    assert read_metadata(tmp_path / "encoder.safetensors")["training"]["config"]["loss"] == "dcl"
+    with pytest.raises(UserError, match="unknown loss"):
+        pretrain(pixels, labels, tmp_path / "bad", TINY.__class__(**{**TINY.__dict__, "loss": "infonce"}), PRE,
+                 progress=False)
+
+
 def test_multi_crop_pretraining_learns_and_records_its_views(tiny_pixels, tmp_path):
     pixels, labels = tiny_pixels
     config = TINY.__class__(**{**TINY.__dict__, "epochs": 20, "lr": 1e-2, "local_crops": 2, "local_size": 12})

@@ -52,6 +52,7 @@ class PretrainConfig:
     weight_decay: float
     warmup_epochs: float
     temperature: float
+    loss: str  # ntxent (SimCLR) | dcl (decoupled: the positive leaves the denominator; Yeh et al. 2021)
     projection_hidden: int
     projection_dim: int
     knn_every: int  # epochs between kNN monitor runs (0: never)
@@ -111,12 +112,14 @@ def export_encoder(path: Path, encoder: Encoder, config: PretrainConfig, preproc
                                         "profile": config.profile or "custom"})
 
 
-def multi_view_ntxent(projections: list[torch.Tensor], temperature: float, gather: bool = False) -> torch.Tensor:
+def multi_view_ntxent(projections: list[torch.Tensor], temperature: float, gather: bool = False,
+                      decoupled: bool = False) -> torch.Tensor:
     """NT-Xent over V views of the same B images: every other view of an image is a positive, every view of
     another image a negative; the loss is the mean over anchors of the mean -log softmax of its positives.
 
     With V = 2 this is SimCLR's NT-Xent (lightly's `NTXentLoss`) exactly; with local crops it is the
     multi-crop form of SwAV/solo-learn. `gather` adds the other ranks' views as negatives (DDP).
+    `decoupled` takes every positive out of the softmax's denominator (DCL; with V = 2, lightly's `DCLLoss`).
     """
     from lightly.utils import dist as lightly_dist
 
@@ -133,7 +136,10 @@ def multi_view_ntxent(projections: list[torch.Tensor], temperature: float, gathe
     positive = torch.zeros_like(logits, dtype=torch.bool)
     positive[:, offset:offset + len(anchors)] = image.view(-1, 1) == image.view(1, -1)
     positive[rows, rows + offset] = False
-    log_prob = logits.log_softmax(dim=1)
+    if decoupled:  # each positive against the negatives alone
+        log_prob = logits - logits.masked_fill(positive, float("-inf")).logsumexp(dim=1, keepdim=True)
+    else:
+        log_prob = logits.log_softmax(dim=1)
     return -(log_prob.masked_fill(~positive, 0.0).sum(1) / (views - 1)).mean()
 
 
@@ -144,6 +150,8 @@ class SimCLRTask:
     def __init__(self, data: torch.Tensor, config: PretrainConfig, trainer: Trainer, steps_per_epoch: int) -> None:
         from lightly.loss import NTXentLoss
 
+        if config.loss not in ("ntxent", "dcl"):
+            raise UserError(f"unknown loss {config.loss!r}: use ntxent or dcl")
         self.data, self.config, self.trainer, self.steps = data, config, trainer, steps_per_epoch
         self.criterion = NTXentLoss(temperature=config.temperature, gather_distributed=trainer.world > 1)
         self.local_views = replace(config.views, crop_scale=config.local_crop_scale)  # multi-crop's small views
@@ -165,14 +173,18 @@ class SimCLRTask:
 
     def loss(self, model: nn.Module, batch) -> torch.Tensor:
         projections = model(batch[0])  # Trick: both views in one forward pass (one batch-norm batch)
-        if len(batch) == 1:
+        decoupled = self.config.loss == "dcl"
+        if len(batch) == 1 and not decoupled:
             with full_precision(projections.device):  # the contrastive logits in float32, outside bf16
                 first, second = projections.float().chunk(2)
                 return self.criterion(first, second)
-        small = model(batch[1])  # the local views at their own size: a second pass (and batch-norm batch)
+        small = model(batch[1]) if len(batch) > 1 else None  # local views at their own size: a second pass
         with full_precision(projections.device):
-            views = [*projections.float().chunk(2), *small.float().chunk(self.config.local_crops)]
-            return multi_view_ntxent(views, self.config.temperature, gather=self.trainer.world > 1)
+            views = [*projections.float().chunk(2)]
+            if small is not None:
+                views += small.float().chunk(self.config.local_crops)
+            return multi_view_ntxent(views, self.config.temperature, gather=self.trainer.world > 1,
+                                     decoupled=decoupled)
 
 
 def pretrain(
