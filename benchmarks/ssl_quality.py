@@ -3,6 +3,11 @@
     python benchmarks/ssl_quality.py --bench work/bench --work work/index \
         --encoders work/ssl_main/snapshots/*.safetensors work/ssl_main/encoder.safetensors [--loso]
     python benchmarks/ssl_quality.py --bench work/bench --work work/index --encoders E.safetensors --readouts
+    python benchmarks/ssl_quality.py ... --encoders E.safetensors --loso --balanced-vote
+
+`--balanced-vote` adds the kNN with each class's votes divided by its share of the bank (the
+fine-tuning's imbalance fix applied to the vote): how much of the kNN's macro-F1 gap is the bank's
+imbalance rather than the representation.
 
 Split: the benchmark's illustrations (photos excluded), 80/20 at random **by source origin**, so
 that a duplicate copy never sits on the other side of its original (the truth is used for this
@@ -47,7 +52,7 @@ def labelled_split(bench: Path, manifest, test_share: float = 0.2, seed: int = 0
 
 
 def evaluate(encoder, images: torch.Tensor, labels: np.ndarray, is_test: np.ndarray, input_size: int,
-             styles: np.ndarray | None = None) -> dict:
+             styles: np.ndarray | None = None, balanced_vote: bool = False) -> dict:
     """kNN and linear-probe scores of one encoder on the split; with `styles`, kNN leave-one-style-out too."""
     started = time.perf_counter()
     features = embed_tensor(encoder, images, input_size)
@@ -56,12 +61,20 @@ def evaluate(encoder, images: torch.Tensor, labels: np.ndarray, is_test: np.ndar
     scores = knn_scores(train, labels[~is_test], test, labels[is_test], k=20)
     scores.update(linear_probe_scores(train, labels[~is_test], test, labels[is_test]))
     scores["embed_images_per_second"] = len(images) / embed_seconds
+    if balanced_vote:
+        scores["balanced_knn_macro_f1"] = knn_scores(train, labels[~is_test], test, labels[is_test], k=20,
+                                                     balanced=True)["knn_macro_f1"]
     if styles is not None:  # the bank holds the other styles only: does the representation carry across styles?
         for holdout, members in HOLDOUTS.items():
             held = np.isin(styles, members)
             scores[f"loso_{holdout}"] = knn_scores(features[~held], labels[~held], features[held], labels[held],
                                                    k=20)["knn_macro_f1"]
         scores["loso_knn_macro_f1"] = float(np.mean([scores[f"loso_{h}"] for h in HOLDOUTS]))
+        if balanced_vote:
+            scores["balanced_loso_knn_macro_f1"] = float(np.mean([
+                knn_scores(features[~np.isin(styles, m)], labels[~np.isin(styles, m)], features[np.isin(styles, m)],
+                           labels[np.isin(styles, m)], k=20, balanced=True)["knn_macro_f1"]
+                for m in HOLDOUTS.values()]))
     return scores
 
 
@@ -102,6 +115,8 @@ def main() -> None:
     parser.add_argument("--loso", action="store_true", help="also kNN leave-one-style-out (bank: the other styles)")
     parser.add_argument("--readouts", action="store_true",
                         help="instead: kNN of other read-outs of the first encoder (stage before the last, both, flips)")
+    parser.add_argument("--balanced-vote", action="store_true",
+                        help="also the kNN with class-balanced votes (and its LOSO mean with --loso)")
     args = parser.parse_args()
     torch.manual_seed(0)
     manifest = load_manifest(args.work)
@@ -128,13 +143,18 @@ def main() -> None:
         candidates.append((f"{Path(path).name} (epoch {epochs})", encoder, meta["architecture"]))
     styled = styles if args.loso else None
     loso_head = " | kNN LOSO " + " | ".join(HOLDOUTS) + " | kNN LOSO mean" if args.loso else ""
-    print(f"| encoder | kNN top-1 | kNN macro-F1 | probe top-1 | probe macro-F1{loso_head} |")
-    print("| --- | ---: | ---: | ---: | ---: |" + " ---: |" * ((len(HOLDOUTS) + 1) if args.loso else 0))
+    balanced_head = (" | kNN macro-F1, balanced vote" + (" | kNN LOSO mean, balanced vote" if args.loso else "")
+                     if args.balanced_vote else "")
+    extra = ((len(HOLDOUTS) + 1) if args.loso else 0) + ((1 + args.loso) if args.balanced_vote else 0)
+    print(f"| encoder | kNN top-1 | kNN macro-F1 | probe top-1 | probe macro-F1{loso_head}{balanced_head} |")
+    print("| --- | ---: | ---: | ---: | ---: |" + " ---: |" * extra)
     for name, encoder, arch in candidates:
-        s = evaluate(encoder, images, labels, is_test, arch["input_size"], styled)
+        s = evaluate(encoder, images, labels, is_test, arch["input_size"], styled, args.balanced_vote)
         loso = "".join(f" | {s[f'loso_{h}']:.4f}" for h in HOLDOUTS) + f" | {s['loso_knn_macro_f1']:.4f}" if args.loso else ""
+        balanced = (f" | {s['balanced_knn_macro_f1']:.4f}" + (f" | {s['balanced_loso_knn_macro_f1']:.4f}" if args.loso else "")
+                    if args.balanced_vote else "")
         print(f"| {name} | {s['knn_top1']:.4f} | {s['knn_macro_f1']:.4f} | {s['probe_top1']:.4f} "
-              f"| {s['probe_macro_f1']:.4f}{loso} |", flush=True)
+              f"| {s['probe_macro_f1']:.4f}{loso}{balanced} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -9,9 +9,14 @@ from sklearn.metrics import f1_score
 
 
 def knn_predict(bank: np.ndarray, bank_labels: np.ndarray, queries: np.ndarray, k: int = 20,
-                temperature: float = 0.07) -> np.ndarray:
-    """Weighted cosine kNN (InstDisc-style vote, weight exp(sim / T)) on L2-normalised features."""
+                temperature: float = 0.07, balanced: bool = False) -> np.ndarray:
+    """Weighted cosine kNN (InstDisc-style vote, weight exp(sim / T)) on L2-normalised features.
+
+    `balanced` divides each class's votes by its share of the bank, so that a large class does not win
+    by its size alone (the imbalance fix of the fine-tuning, applied to the vote)."""
     classes = int(max(bank_labels.max(), 0)) + 1
+    counts = np.bincount(bank_labels[bank_labels >= 0], minlength=classes).astype(np.float32)
+    scale = torch.from_numpy(np.where(counts > 0, counts.mean() / np.maximum(counts, 1), 0.0).astype(np.float32))
     bank_t, query_t = torch.from_numpy(bank), torch.from_numpy(queries)
     labels_t = torch.from_numpy(bank_labels).long()
     predictions = []
@@ -20,13 +25,14 @@ def knn_predict(bank: np.ndarray, bank_labels: np.ndarray, queries: np.ndarray, 
         top, index = similarity.topk(min(k, len(bank_t)), dim=1)
         votes = torch.zeros(len(top), classes)
         votes.scatter_add_(1, labels_t[index], (top / temperature).exp())
-        predictions.append(votes.argmax(1))
+        predictions.append((votes * scale if balanced else votes).argmax(1))
     return torch.cat(predictions).numpy()
 
 
-def knn_scores(train: np.ndarray, train_y: np.ndarray, test: np.ndarray, test_y: np.ndarray, k: int = 20) -> dict:
-    """kNN top-1 accuracy and macro-F1."""
-    predicted = knn_predict(train, train_y, test, k)
+def knn_scores(train: np.ndarray, train_y: np.ndarray, test: np.ndarray, test_y: np.ndarray, k: int = 20,
+               balanced: bool = False) -> dict:
+    """kNN top-1 accuracy and macro-F1 (`balanced`: votes divided by the class's share of the bank)."""
+    predicted = knn_predict(train, train_y, test, k, balanced=balanced)
     return {"knn_top1": float((predicted == test_y).mean()),
             "knn_macro_f1": float(f1_score(test_y, predicted, average="macro"))}
 
