@@ -34,7 +34,8 @@ def write_plan(path, plan=PLAN):
 
 
 def test_plan_expands_one_factor_at_a_time_with_seeds(tmp_path):
-    runs = expand_runs(load_plan(write_plan(tmp_path / "plan.yaml")))
+    plan = load_plan(write_plan(tmp_path / "plan.yaml"))
+    runs = expand_runs(plan)
     names = [r.name for r in runs]
     assert names == ["baseline-s0", "baseline-s1", "mode=linear-s0", "mode=linear-s1",
                      "photos=kept-s0", "photos=random-drop-s0"]
@@ -42,7 +43,23 @@ def test_plan_expands_one_factor_at_a_time_with_seeds(tmp_path):
     assert by_name["baseline-s0"].overrides == {"epochs": 1, "batch_size": 16, "ema_decay": 0.9, "mode": "full"}
     assert by_name["photos=kept-s0"].overrides["photos"] == "kept"
     assert by_name["photos=kept-s0"].overrides["mode"] == "full"  # every other factor stays at its baseline
-    assert by_name["baseline-s0"].key() != by_name["baseline-s1"].key()
+    assert runner.run_key(plan, by_name["baseline-s0"]) != runner.run_key(plan, by_name["baseline-s1"])
+
+
+def test_a_run_is_keyed_by_its_resolved_recipe_and_encoder_content(tmp_path):
+    """A finished run is read back only if nothing it depends on changed: the level and seed, but also the base
+    recipe (profile or `base:`) and the encoder file's bytes, which the run's own overrides do not show."""
+    encoder = tmp_path / "encoder.safetensors"
+    encoder.write_bytes(b"first")
+    plan = load_plan(write_plan(tmp_path / "plan.yaml", {**PLAN, "encoder_weights": str(encoder)}))
+    baseline = expand_runs(plan)[0]
+    key = runner.run_key(plan, baseline)
+    assert runner.run_key(load_plan(tmp_path / "plan.yaml"), expand_runs(plan)[0]) == key  # stable
+    plan.finetune = {**plan.finetune, "lr": plan.finetune["lr"] * 2}  # the profile's or `base:` recipe changed
+    assert runner.run_key(plan, baseline) != key
+    plan = load_plan(tmp_path / "plan.yaml")
+    encoder.write_bytes(b"second")  # the same path, retrained
+    assert runner.run_key(plan, baseline) != key
 
 
 def test_variant_merges_and_null_removes(tmp_path):

@@ -7,8 +7,6 @@ every other level is one run that changes only that factor. The baseline (and an
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,11 +28,6 @@ class Run:
     level: str
     seed: int
     overrides: dict = field(default_factory=dict)
-
-    def key(self) -> str:
-        """Short content hash of what the run does: a changed plan re-runs only what changed."""
-        text = json.dumps({"overrides": self.overrides, "seed": self.seed}, sort_keys=True)
-        return hashlib.sha1(text.encode()).hexdigest()[:10]
 
 
 @dataclass

@@ -27,6 +27,24 @@ def resolve_config(plan: Plan, run: Run) -> tuple[FinetuneConfig, dict, object]:
     return config, data, encoder if encoder is not None else plan.encoder_weights
 
 
+def run_key(plan: Plan, run: Run) -> str:
+    """Short hash of everything a run's result depends on that the plan decides: the resolved fine-tuning config
+    (the device profile's recipe, the plan's `base:`, the level and the seed), the data variant, and the encoder
+    (a weights file by its content; a pretraining by its resolved SSL config). A finished run is read back only
+    under the same key, so a changed profile, base recipe or encoder file redoes it instead of mixing recipes."""
+    from illustra.ssl.embed import file_digest
+
+    config, data, spec = resolve_config(plan, run)
+    if isinstance(spec, dict):
+        encoder: object = {"pretrain": merge(plan.ssl_base, spec.get("pretrain") or {})}
+    elif spec in (None, "none", "random"):
+        encoder = None
+    else:
+        encoder = {"file": Path(spec).name, "digest": file_digest(spec) if Path(spec).is_file() else "missing"}
+    text = json.dumps({"finetune": config.to_dict(), "data": data, "encoder": encoder}, sort_keys=True, default=str)
+    return hashlib.sha1(text.encode()).hexdigest()[:10]
+
+
 def encoder_path(spec: object, out: Path, plan: Plan, work: Path, cache: CacheSpec) -> Path | None:
     """A weights path as given; None for random init; or the encoder pretrained (once, cached) from {pretrain: ...}."""
     if spec in (None, "none", "random"):
@@ -54,9 +72,10 @@ def execute_run(plan: Plan, run: Run, out: Path, curation: Path, work: Path, cac
     score (OUT/runs/NAME/loso/<style>/), added to a finished run's result without redoing it."""
     run_dir = out / "runs" / run.name
     done = run_dir / RESULT
+    key = run_key(plan, run)
     if done.exists():
         result = json.loads(done.read_text(encoding="utf-8"))
-        if result.get("key") == run.key():
+        if result.get("key") == key:
             return _with_loso(plan, run, result, run_dir, curation, work, cache, styles, log)
         shutil.rmtree(run_dir)  # the plan changed this run: start it again
     config, data, encoder_spec = resolve_config(plan, run)
@@ -72,7 +91,7 @@ def execute_run(plan: Plan, run: Run, out: Path, curation: Path, work: Path, cac
     wall = time.perf_counter() - started
     history = metrics["history"]
     result = {
-        "key": run.key(), "run": run.name, "factor": run.factor, "level": run.level, "seed": run.seed,
+        "key": key, "run": run.name, "factor": run.factor, "level": run.level, "seed": run.seed,
         "test_macro_f1": metrics["test_macro_f1"], "test_micro_f1": metrics["test_micro_f1"],
         "val_macro_f1": history[-1]["val_macro_f1"] if history else float("nan"),
         "best_val_macro_f1": max((h["val_macro_f1"] for h in history), default=float("nan")),
