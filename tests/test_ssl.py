@@ -174,6 +174,7 @@ def test_pretraining_with_the_decoupled_loss_learns(tiny_pixels, tmp_path):
     with pytest.raises(UserError, match="unknown loss"):
         pretrain(pixels, labels, tmp_path / "bad", TINY.__class__(**{**TINY.__dict__, "loss": "infonce"}), PRE,
                  progress=False)
+    assert not (tmp_path / "bad").exists()  # refused before anything is written
 
 
 def test_multi_crop_pretraining_learns_and_records_its_views(tiny_pixels, tmp_path):

@@ -150,8 +150,6 @@ class SimCLRTask:
     def __init__(self, data: torch.Tensor, config: PretrainConfig, trainer: Trainer, steps_per_epoch: int) -> None:
         from lightly.loss import NTXentLoss
 
-        if config.loss not in ("ntxent", "dcl"):
-            raise UserError(f"unknown loss {config.loss!r}: use ntxent or dcl")
         self.data, self.config, self.trainer, self.steps = data, config, trainer, steps_per_epoch
         self.criterion = NTXentLoss(temperature=config.temperature, gather_distributed=trainer.world > 1)
         self.local_views = replace(config.views, crop_scale=config.local_crop_scale)  # multi-crop's small views
@@ -199,6 +197,8 @@ def pretrain(
     if config.local_crops < 0 or (config.local_crops and not 4 <= config.local_size <= config.encoder.input_size):
         raise UserError(f"local_crops={config.local_crops}, local_size={config.local_size}: use local_crops >= 0 "
                         f"and a local_size between 4 and the input size ({config.encoder.input_size})")
+    if config.loss not in ("ntxent", "dcl"):
+        raise UserError(f"unknown loss {config.loss!r}: use ntxent or dcl")
     if config.threads:
         torch.set_num_threads(config.threads)
     data = torch.from_numpy(np.ascontiguousarray(pixels)).permute(0, 3, 1, 2)  # uint8, stays uint8 in RAM
