@@ -51,6 +51,16 @@ def labelled_split(bench: Path, manifest, test_share: float = 0.2, seed: int = 0
     return np.array(rows), np.array(labels), np.array(is_test), np.array(styles)
 
 
+def loso_knn(features: np.ndarray, labels: np.ndarray, styles: np.ndarray, balanced: bool = False) -> dict[str, float]:
+    """kNN macro-F1 per held-out style group, the bank holding the other styles only."""
+    scores = {}
+    for holdout, members in HOLDOUTS.items():
+        held = np.isin(styles, members)
+        scores[holdout] = knn_scores(features[~held], labels[~held], features[held], labels[held], k=20,
+                                     balanced=balanced)["knn_macro_f1"]
+    return scores
+
+
 def evaluate(encoder, images: torch.Tensor, labels: np.ndarray, is_test: np.ndarray, input_size: int,
              styles: np.ndarray | None = None, balanced_vote: bool = False) -> dict:
     """kNN and linear-probe scores of one encoder on the split; with `styles`, kNN leave-one-style-out too."""
@@ -65,16 +75,11 @@ def evaluate(encoder, images: torch.Tensor, labels: np.ndarray, is_test: np.ndar
         scores["balanced_knn_macro_f1"] = knn_scores(train, labels[~is_test], test, labels[is_test], k=20,
                                                      balanced=True)["knn_macro_f1"]
     if styles is not None:  # the bank holds the other styles only: does the representation carry across styles?
-        for holdout, members in HOLDOUTS.items():
-            held = np.isin(styles, members)
-            scores[f"loso_{holdout}"] = knn_scores(features[~held], labels[~held], features[held], labels[held],
-                                                   k=20)["knn_macro_f1"]
-        scores["loso_knn_macro_f1"] = float(np.mean([scores[f"loso_{h}"] for h in HOLDOUTS]))
+        per_style = loso_knn(features, labels, styles)
+        scores.update({f"loso_{holdout}": value for holdout, value in per_style.items()})
+        scores["loso_knn_macro_f1"] = float(np.mean(list(per_style.values())))
         if balanced_vote:
-            scores["balanced_loso_knn_macro_f1"] = float(np.mean([
-                knn_scores(features[~np.isin(styles, m)], labels[~np.isin(styles, m)], features[np.isin(styles, m)],
-                           labels[np.isin(styles, m)], k=20, balanced=True)["knn_macro_f1"]
-                for m in HOLDOUTS.values()]))
+            scores["balanced_loso_knn_macro_f1"] = float(np.mean(list(loso_knn(features, labels, styles, True).values())))
     return scores
 
 
@@ -131,9 +136,7 @@ def main() -> None:
         print("| --- | ---: | ---: | ---: |")
         for name, features in readout_features(first, images, architecture["input_size"]).items():
             scores = knn_scores(features[~is_test], labels[~is_test], features[is_test], labels[is_test], k=20)
-            loso = np.mean([knn_scores(features[~np.isin(styles, m)], labels[~np.isin(styles, m)],
-                                       features[np.isin(styles, m)], labels[np.isin(styles, m)], k=20)["knn_macro_f1"]
-                            for m in HOLDOUTS.values()])
+            loso = np.mean(list(loso_knn(features, labels, styles).values()))
             print(f"| {name} | {scores['knn_top1']:.4f} | {scores['knn_macro_f1']:.4f} | {loso:.4f} |", flush=True)
         return
     candidates = [("random init", Encoder(EncoderConfig(**architecture)).eval(), architecture)]

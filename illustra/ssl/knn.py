@@ -15,8 +15,10 @@ def knn_predict(bank: np.ndarray, bank_labels: np.ndarray, queries: np.ndarray, 
     `balanced` divides each class's votes by its share of the bank, so that a large class does not win
     by its size alone (the imbalance fix of the fine-tuning, applied to the vote)."""
     classes = int(max(bank_labels.max(), 0)) + 1
-    counts = np.bincount(bank_labels[bank_labels >= 0], minlength=classes).astype(np.float32)
-    scale = torch.from_numpy(np.where(counts > 0, counts.mean() / np.maximum(counts, 1), 0.0).astype(np.float32))
+    scale = None
+    if balanced:
+        counts = np.bincount(bank_labels[bank_labels >= 0], minlength=classes).astype(np.float32)
+        scale = torch.from_numpy(np.where(counts > 0, counts.mean() / np.maximum(counts, 1), 0.0).astype(np.float32))
     bank_t, query_t = torch.from_numpy(bank), torch.from_numpy(queries)
     labels_t = torch.from_numpy(bank_labels).long()
     predictions = []
@@ -25,7 +27,7 @@ def knn_predict(bank: np.ndarray, bank_labels: np.ndarray, queries: np.ndarray, 
         top, index = similarity.topk(min(k, len(bank_t)), dim=1)
         votes = torch.zeros(len(top), classes)
         votes.scatter_add_(1, labels_t[index], (top / temperature).exp())
-        predictions.append((votes * scale if balanced else votes).argmax(1))
+        predictions.append((votes if scale is None else votes * scale).argmax(1))
     return torch.cat(predictions).numpy()
 
 
