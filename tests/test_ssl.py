@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import free_port
+from torch.nn import functional as F
 
 from illustra.data.cache import CacheSpec, open_pixels
 from illustra.data.index import IndexSettings, index_dataset
@@ -177,6 +178,36 @@ def test_pretraining_with_the_decoupled_loss_learns(tiny_pixels, tmp_path):
     assert not (tmp_path / "bad").exists()  # refused before anything is written
 
 
+def test_nnclr_bank_returns_the_nearest_past_projection_and_forgets_the_oldest_first():
+    from types import SimpleNamespace
+
+    from illustra.ssl.pretrain import SimCLRTask
+
+    task = SimCLRTask.__new__(SimCLRTask)  # only the bank's two methods; no data, no trainer
+    task.config, task.bank, task.bank_filled, task.bank_next = SimpleNamespace(nn_bank=3), None, 0, 0
+    query = torch.tensor([[1.0, 0.1], [0.1, 1.0]])
+    assert torch.allclose(task.neighbours(query), F.normalize(query, dim=1))  # empty bank: the view itself
+    east, north, west, south = torch.tensor([[2.0, 0.0]]), torch.tensor([[0.0, 3.0]]), torch.tensor([[-1.0, 0.0]]), \
+        torch.tensor([[0.0, -1.0]])
+    task.remember(torch.cat([east, north]))
+    assert torch.equal(task.neighbours(query), torch.tensor([[1.0, 0.0], [0.0, 1.0]]))  # unit rows, nearest one
+    task.remember(torch.cat([west, south]))  # four into three rows: east, the oldest, is overwritten
+    assert task.bank_filled == 3
+    assert torch.equal(task.neighbours(torch.tensor([[1.0, -0.9]])), torch.tensor([[0.0, -1.0]]))
+
+
+def test_pretraining_with_nearest_neighbour_positives_learns(tiny_pixels, tmp_path):
+    pixels, labels = tiny_pixels
+    config = TINY.__class__(**{**TINY.__dict__, "epochs": 12, "nn_bank": 64, "loss": "dcl"})
+    summary = pretrain(pixels, labels, tmp_path, config, PRE, progress=False)
+    losses = [h["loss"] for h in summary["history"]]
+    assert np.mean(losses[-2:]) < losses[0] - 0.1, losses
+    assert read_metadata(tmp_path / "encoder.safetensors")["training"]["config"]["nn_bank"] == 64
+    with pytest.raises(UserError, match="nn_bank"):
+        pretrain(pixels, labels, tmp_path / "bad", TINY.__class__(**{**TINY.__dict__, "nn_bank": -1}), PRE,
+                 progress=False)
+
+
 def test_multi_crop_pretraining_learns_and_records_its_views(tiny_pixels, tmp_path):
     pixels, labels = tiny_pixels
     config = TINY.__class__(**{**TINY.__dict__, "epochs": 20, "lr": 1e-2, "local_crops": 2, "local_size": 12})
@@ -233,13 +264,15 @@ def test_optimizer_state_round_trip():
         assert all(torch.equal(a[k], b[k]) for k in a if torch.is_tensor(a[k]))
 
 
-def test_resume_after_interruption_matches_an_uninterrupted_run(tiny_pixels, tmp_path):
+@pytest.mark.parametrize("nn_bank", [0, 40], ids=["simclr", "nnclr-bank"])
+def test_resume_after_interruption_matches_an_uninterrupted_run(tiny_pixels, tmp_path, nn_bank):
     pixels, labels = tiny_pixels
+    config = TINY.__class__(**{**TINY.__dict__, "nn_bank": nn_bank})  # NNCLR: the bank is in the checkpoint too
     steps_per_epoch = len(pixels) // TINY.batch_size
-    pretrain(pixels, labels, tmp_path / "full", TINY, PRE, progress=False)
-    pretrain(pixels, labels, tmp_path / "cut", TINY, PRE, progress=False, max_steps=steps_per_epoch)  # "killed"
+    pretrain(pixels, labels, tmp_path / "full", config, PRE, progress=False)
+    pretrain(pixels, labels, tmp_path / "cut", config, PRE, progress=False, max_steps=steps_per_epoch)  # "killed"
     assert json.loads((tmp_path / "cut" / "metrics.json").read_text())["epochs"] == 1
-    summary = pretrain(pixels, labels, tmp_path / "cut", TINY, PRE, progress=False, resume=True)
+    summary = pretrain(pixels, labels, tmp_path / "cut", config, PRE, progress=False, resume=True)
     assert summary["epochs"] == 3
     full, _ = load_encoder(tmp_path / "full" / "encoder.safetensors")
     resumed, _ = load_encoder(tmp_path / "cut" / "encoder.safetensors")

@@ -53,6 +53,8 @@ class PretrainConfig:
     warmup_epochs: float
     temperature: float
     loss: str  # ntxent (SimCLR) | dcl (decoupled: the positive leaves the denominator; Yeh et al. 2021)
+    nn_bank: int  # NNCLR positives: each view's partner is its nearest neighbour in a bank of this many past
+    #               projections (Dwibedi et al. 2021); 0: off (the view itself, plain SimCLR)
     projection_hidden: int
     projection_dim: int
     knn_every: int  # epochs between kNN monitor runs (0: never)
@@ -153,6 +155,8 @@ class SimCLRTask:
         self.data, self.config, self.trainer, self.steps = data, config, trainer, steps_per_epoch
         self.criterion = NTXentLoss(temperature=config.temperature, gather_distributed=trainer.world > 1)
         self.local_views = replace(config.views, crop_scale=config.local_crop_scale)  # multi-crop's small views
+        self.bank: torch.Tensor | None = None  # NNCLR's support set: this rank's last `nn_bank` projections
+        self.bank_filled = self.bank_next = 0
 
     def batches(self, epoch: int, random, device: torch.device):
         order = torch.randperm(len(self.data), generator=random.cpu_generator(epoch))  # same on every rank
@@ -172,17 +176,57 @@ class SimCLRTask:
     def loss(self, model: nn.Module, batch) -> torch.Tensor:
         projections = model(batch[0])  # Trick: both views in one forward pass (one batch-norm batch)
         decoupled = self.config.loss == "dcl"
-        if len(batch) == 1 and not decoupled:
+        if len(batch) == 1 and not decoupled and not self.config.nn_bank:
             with full_precision(projections.device):  # the contrastive logits in float32, outside bf16
                 first, second = projections.float().chunk(2)
                 return self.criterion(first, second)
         small = model(batch[1]) if len(batch) > 1 else None  # local views at their own size: a second pass
         with full_precision(projections.device):
-            views = [*projections.float().chunk(2)]
-            if small is not None:
-                views += small.float().chunk(self.config.local_crops)
-            return multi_view_ntxent(views, self.config.temperature, gather=self.trainer.world > 1,
-                                     decoupled=decoupled)
+            first, second = projections.float().chunk(2)
+            rest = list(small.float().chunk(self.config.local_crops)) if small is not None else []
+
+            def contrast(views: list[torch.Tensor]) -> torch.Tensor:
+                return multi_view_ntxent(views, self.config.temperature, gather=self.trainer.world > 1,
+                                         decoupled=decoupled)
+
+            if not self.config.nn_bank:
+                return contrast([first, second, *rest])
+            # NNCLR: each global view's partner is the other view's nearest neighbour in the bank (no gradient
+            # through it), both ways, as lightly's NNCLR example; the bank then takes the second views.
+            neighbour_first, neighbour_second = self.neighbours(first), self.neighbours(second)
+            self.remember(second)
+            return 0.5 * (contrast([neighbour_first, second, *rest]) + contrast([first, neighbour_second, *rest]))
+
+    def neighbours(self, projections: torch.Tensor) -> torch.Tensor:
+        """Each row's nearest neighbour (cosine) among the bank's filled rows; the row itself, detached, while
+        the bank is empty."""
+        unit = F.normalize(projections.detach(), dim=1)
+        if not self.bank_filled:
+            return unit
+        bank = self.bank[:self.bank_filled]
+        return bank[(unit @ bank.T).argmax(dim=1)]
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        """The bank, for the checkpoint (under DDP, rank 0's: every rank resumes with it)."""
+        if self.bank is None:
+            return {}
+        return {"nn_bank": self.bank, "nn_bank_pointer": torch.tensor([self.bank_filled, self.bank_next])}
+
+    def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        if "nn_bank" in tensors:
+            self.bank = tensors["nn_bank"].to(self.trainer.device, torch.float32)
+            self.bank_filled, self.bank_next = (int(v) for v in tensors["nn_bank_pointer"])
+
+    def remember(self, projections: torch.Tensor) -> None:
+        """Write this batch's projections into the bank, first in, first out."""
+        size = self.config.nn_bank
+        unit = F.normalize(projections.detach(), dim=1)[-size:]
+        if self.bank is None:
+            self.bank = unit.new_zeros(size, unit.shape[1])
+        rows = (self.bank_next + torch.arange(len(unit), device=unit.device)) % size
+        self.bank[rows] = unit
+        self.bank_next = (self.bank_next + len(unit)) % size
+        self.bank_filled = min(size, self.bank_filled + len(unit))
 
 
 def pretrain(
@@ -199,6 +243,8 @@ def pretrain(
                         f"and a local_size between 4 and the input size ({config.encoder.input_size})")
     if config.loss not in ("ntxent", "dcl"):
         raise UserError(f"unknown loss {config.loss!r}: use ntxent or dcl")
+    if config.nn_bank < 0:
+        raise UserError(f"nn_bank={config.nn_bank}: use 0 (off) or the number of past projections to keep")
     if config.threads:
         torch.set_num_threads(config.threads)
     data = torch.from_numpy(np.ascontiguousarray(pixels)).permute(0, 3, 1, 2)  # uint8, stays uint8 in RAM

@@ -79,6 +79,9 @@ class Task(Protocol):
     def loss(self, model: nn.Module, batch: Any) -> torch.Tensor:
         """The training loss of one batch (called under the core's autocast)."""
 
+    # Optional: a task with state of its own (NNCLR's bank) gives `state_tensors() -> dict[str, Tensor]` and
+    # `load_state_tensors(tensors)`; the checkpoint keeps them under "task.", so a resume stays exact.
+
 
 class Trainer:
     """Runs a Task. Make it first (it seeds everything), then build the model, then `prepare`, then `fit`."""
@@ -96,6 +99,7 @@ class Trainer:
         self.state = RunState(horizon_epochs=settings.epochs)
         self.ema: EMA | None = None
         self.stopped_early = False
+        self._task: Any = None  # the Task being fitted (its own state, if any, goes into the checkpoint)
         self._batch_images = 0  # images in the last batch (throughput)
         self._cpu_channels_last = settings.cpu_channels_last
 
@@ -135,6 +139,7 @@ class Trainer:
             group.setdefault("base_lr", group["lr"])
         if settings.ema_decay > 0:
             self.ema = EMA(model, settings.ema_decay)
+        self._task = task
         if resume and self.run_dir is not None and (self.run_dir / CHECKPOINT).exists():
             self._restore(model, optimizer)
         state = self.state
@@ -239,6 +244,8 @@ class Trainer:
             tensors.update({f"ema.{k}": v for k, v in self.ema.state.items()})
         rng_tensors, rng_meta = self.random.state()
         tensors.update(rng_tensors)
+        if hasattr(self._task, "state_tensors"):
+            tensors.update({f"task.{k}": v for k, v in self._task.state_tensors().items()})
         save_weights(self.run_dir / CHECKPOINT, tensors, {**meta, "state": asdict(self.state), "optimizer": opt_meta,
                                                           "random": rng_meta})
 
@@ -250,6 +257,8 @@ class Trainer:
         if self.ema is not None:
             self.ema.state = {k: v.float() for k, v in with_prefix(tensors, "ema").items()}
         self.random.restore(tensors, meta["random"])
+        if hasattr(self._task, "load_state_tensors"):
+            self._task.load_state_tensors(with_prefix(tensors, "task"))
         self.state = RunState(**meta["state"])
         if self.is_main:
             print(f"resumed {self.settings.label} from epoch {self.state.epoch} (step {self.state.step})", flush=True)
