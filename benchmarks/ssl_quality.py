@@ -143,7 +143,8 @@ def main() -> None:
     for path in args.encoders:
         encoder, meta = load_encoder(path)
         epochs = meta.get("training", {}).get("epochs", "?")
-        candidates.append((f"{Path(path).name} (epoch {epochs})", encoder, meta["architecture"]))
+        name = Path(path).name if Path(path).parent.name in ("", ".") else f"{Path(path).parent.name}/{Path(path).name}"
+        candidates.append((f"{name} (epoch {epochs})", encoder, meta["architecture"]))  # the run folder tells runs apart
     styled = styles if args.loso else None
     loso_head = " | kNN LOSO " + " | ".join(HOLDOUTS) + " | kNN LOSO mean" if args.loso else ""
     balanced_head = (" | kNN macro-F1, balanced vote" + (" | kNN LOSO mean, balanced vote" if args.loso else "")

@@ -2,7 +2,8 @@
 
 What is SimCLR's own here: two batched views per image (augment.py) run in one forward pass,
 lightly's NTXentLoss with negatives gathered across ranks (or, with `local_crops`, multi-crop: small
-extra views in a second pass and a multi-positive NT-Xent over all views), AdamW (or LARS) with the lr scaled
+extra views in a second pass and a multi-positive NT-Xent over all views; the decoupled loss with `loss: dcl`;
+NNCLR's nearest-neighbour positives with `nn_bank`), AdamW (or LARS) with the lr scaled
 linearly with the global batch, a kNN monitor on a labelled slice and an encoder snapshot at each
 monitor point. Everything else (device, seeding, warm-up + cosine, the time budget, bf16 +
 channels_last, DDP, atomic checkpoints with exact resume, progress, TensorBoard) is the training
