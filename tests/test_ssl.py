@@ -264,10 +264,29 @@ def test_optimizer_state_round_trip():
         assert all(torch.equal(a[k], b[k]) for k in a if torch.is_tensor(a[k]))
 
 
-@pytest.mark.parametrize("nn_bank", [0, 40], ids=["simclr", "nnclr-bank"])
-def test_resume_after_interruption_matches_an_uninterrupted_run(tiny_pixels, tmp_path, nn_bank):
+def test_weight_average_is_what_the_run_exports(tiny_pixels, tmp_path):
+    from illustra.train.loop import CHECKPOINT
+    from illustra.weights import load_weights, with_prefix
+
     pixels, labels = tiny_pixels
-    config = TINY.__class__(**{**TINY.__dict__, "nn_bank": nn_bank})  # NNCLR: the bank is in the checkpoint too
+    pretrain(pixels, labels, tmp_path, TINY.__class__(**{**TINY.__dict__, "ema_decay": 0.9}), PRE, progress=False)
+    tensors, _ = load_weights(tmp_path / CHECKPOINT)
+    exported, _ = load_encoder(tmp_path / "encoder.safetensors")
+    averaged, raw = with_prefix(tensors, "ema.encoder"), with_prefix(tensors, "model.encoder")
+    weights = [k for k, v in exported.state_dict().items() if v.dtype.is_floating_point and v.ndim > 1]
+    assert weights and all(torch.equal(exported.state_dict()[k], averaged[k]) for k in weights)
+    assert not all(torch.equal(exported.state_dict()[k], raw[k]) for k in weights)  # the average, not the last step
+    assert read_metadata(tmp_path / "encoder.safetensors")["training"]["config"]["ema_decay"] == 0.9
+    with pytest.raises(UserError, match="ema_decay"):
+        pretrain(pixels, labels, tmp_path / "bad", TINY.__class__(**{**TINY.__dict__, "ema_decay": 1.0}), PRE,
+                 progress=False)
+
+
+@pytest.mark.parametrize("nn_bank, ema_decay", [(0, 0.0), (40, 0.0), (0, 0.9)], ids=["simclr", "nnclr-bank", "ema"])
+def test_resume_after_interruption_matches_an_uninterrupted_run(tiny_pixels, tmp_path, nn_bank, ema_decay):
+    pixels, labels = tiny_pixels
+    # NNCLR's bank and the weight average are in the checkpoint too
+    config = TINY.__class__(**{**TINY.__dict__, "nn_bank": nn_bank, "ema_decay": ema_decay})
     steps_per_epoch = len(pixels) // TINY.batch_size
     pretrain(pixels, labels, tmp_path / "full", config, PRE, progress=False)
     pretrain(pixels, labels, tmp_path / "cut", config, PRE, progress=False, max_steps=steps_per_epoch)  # "killed"

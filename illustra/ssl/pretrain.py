@@ -52,6 +52,7 @@ class PretrainConfig:
     lr: float  # for batch 256; scaled linearly with the global batch
     weight_decay: float
     warmup_epochs: float
+    ema_decay: float  # EMA of the weights per step (the averaged encoder is monitored and exported); 0: off
     temperature: float
     loss: str  # ntxent (SimCLR) | dcl (decoupled: the positive leaves the denominator; Yeh et al. 2021)
     nn_bank: int  # NNCLR positives: each view's partner is its nearest neighbour in a bank of this many past
@@ -244,6 +245,8 @@ def pretrain(
                         f"and a local_size between 4 and the input size ({config.encoder.input_size})")
     if config.loss not in ("ntxent", "dcl"):
         raise UserError(f"unknown loss {config.loss!r}: use ntxent or dcl")
+    if not 0.0 <= config.ema_decay < 1.0:
+        raise UserError(f"ema_decay={config.ema_decay}: use 0 (off) or a decay in (0, 1), e.g. 0.996")
     if config.nn_bank < 0:
         raise UserError(f"nn_bank={config.nn_bank}: use 0 (off) or the number of past projections to keep")
     if config.threads:
@@ -256,7 +259,7 @@ def pretrain(
                         "use a smaller --set batch_size=...")
     settings = LoopSettings(epochs=config.epochs, steps_per_epoch=steps_per_epoch, seed=config.seed,
                             warmup_epochs=config.warmup_epochs, time_budget_s=config.time_budget_s, label="ssl",
-                            checkpoint_every_s=config.checkpoint_every_s,
+                            checkpoint_every_s=config.checkpoint_every_s, ema_decay=config.ema_decay,
                             cpu_channels_last=config.channels_last_cpu,
                             cpu_bf16=cpu_bf16(config.precision_cpu), print_epochs=True)
     trainer = Trainer(settings, run_dir, progress=progress)
