@@ -13,6 +13,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
 from PIL import Image  # noqa: E402
 from sklearn.decomposition import PCA  # noqa: E402
 
@@ -93,6 +94,10 @@ def properties_section(manifest: pd.DataFrame) -> str:
     fig, axes = plt.subplots(1, 3, figsize=(12, 3))
     axes[0].scatter(usable["width"], usable["height"], s=3, alpha=0.3)
     axes[0].set(xscale="log", yscale="log", xlabel="width", ylabel="height", title="image size (px)")
+    for axis in (axes[0].xaxis, axes[0].yaxis):  # powers of two as plain numbers: 64, 128, 256 (no crowded minor labels)
+        axis.set_major_locator(LogLocator(base=2))
+        axis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+        axis.set_minor_formatter(NullFormatter())
     axes[1].hist(np.log2(usable["width"] / usable["height"]), bins=40)
     axes[1].set(title="aspect ratio, log2(w/h)")
     axes[2].hist(np.log10(usable["bytes"].clip(lower=1)), bins=40)
