@@ -143,8 +143,8 @@ def main() -> None:
     for path in args.encoders:
         encoder, meta = load_encoder(path)
         epochs = meta.get("training", {}).get("epochs", "?")
-        name = Path(path).name if Path(path).parent.name in ("", ".") else f"{Path(path).parent.name}/{Path(path).name}"
-        candidates.append((f"{name} (epoch {epochs})", encoder, meta["architecture"]))  # the run folder tells runs apart
+        name = "/".join(Path(path).parts[-2:])  # the run folder tells runs apart
+        candidates.append((f"{name} (epoch {epochs})", encoder, meta["architecture"]))
     styled = styles if args.loso else None
     loso_head = " | kNN LOSO " + " | ".join(HOLDOUTS) + " | kNN LOSO mean" if args.loso else ""
     balanced_head = (" | kNN macro-F1, balanced vote" + (" | kNN LOSO mean, balanced vote" if args.loso else "")

@@ -245,8 +245,6 @@ def pretrain(
                         f"and a local_size between 4 and the input size ({config.encoder.input_size})")
     if config.loss not in ("ntxent", "dcl"):
         raise UserError(f"unknown loss {config.loss!r}: use ntxent or dcl")
-    if not 0.0 <= config.ema_decay < 1.0:
-        raise UserError(f"ema_decay={config.ema_decay}: use 0 (off) or a decay in (0, 1), e.g. 0.996")
     if config.nn_bank < 0:
         raise UserError(f"nn_bank={config.nn_bank}: use 0 (off) or the number of past projections to keep")
     if config.threads:

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from illustra.errors import UserError
 from illustra.train.checkpoint import optimizer_tensors, restore_optimizer
 from illustra.train.device import (
     autocast,
@@ -56,6 +57,10 @@ class LoopSettings:
     cpu_bf16: bool = False           # bf16 autocast on CPU too (`precision_cpu`; only with native bf16)
     device: str | None = None        # None: --device / ILLUSTRA_DEVICE, else auto
     print_epochs: bool = False       # one JSON line per epoch on the main rank
+
+    def __post_init__(self) -> None:  # every stage's EMA: 1.0 would export the initial weights, silently
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise UserError(f"ema_decay={self.ema_decay}: use 0 (off) or a decay in (0, 1), e.g. 0.996")
 
 
 @dataclass
