@@ -4,6 +4,11 @@
         --encoders work/ssl_main/snapshots/*.safetensors work/ssl_main/encoder.safetensors [--loso]
     python benchmarks/ssl_quality.py --bench work/bench --work work/index --encoders E.safetensors --readouts
     python benchmarks/ssl_quality.py ... --encoders E.safetensors --loso --balanced-vote
+    python benchmarks/ssl_quality.py ... --encoders E.safetensors --loso --embed-sizes 32 40 48
+
+`--embed-sizes` embeds every encoder at each of these input sizes instead of its training size (FixRes,
+Touvron et al. 2019: random-resized crops show objects larger in training than the whole image does at
+test time, so a CNN may read a test image best at a somewhat larger size).
 
 `--balanced-vote` adds the kNN with each class's votes divided by its share of the bank (the
 fine-tuning's imbalance fix applied to the vote): how much of the kNN's macro-F1 gap is the bank's
@@ -122,6 +127,8 @@ def main() -> None:
                         help="instead: kNN of other read-outs of the first encoder (stage before the last, both, flips)")
     parser.add_argument("--balanced-vote", action="store_true",
                         help="also the kNN with class-balanced votes (and its LOSO mean with --loso)")
+    parser.add_argument("--embed-sizes", nargs="+", type=int, default=None,
+                        help="embed at each of these input sizes (a row each) instead of the training size")
     args = parser.parse_args()
     torch.manual_seed(0)
     manifest = load_manifest(args.work)
@@ -152,8 +159,10 @@ def main() -> None:
     extra = ((len(HOLDOUTS) + 1) if args.loso else 0) + ((1 + args.loso) if args.balanced_vote else 0)
     print(f"| encoder | kNN top-1 | kNN macro-F1 | probe top-1 | probe macro-F1{loso_head}{balanced_head} |")
     print("| --- | ---: | ---: | ---: | ---: |" + " ---: |" * extra)
-    for name, encoder, arch in candidates:
-        s = evaluate(encoder, images, labels, is_test, arch["input_size"], styled, args.balanced_vote)
+    sized = [(f"{name} at {size} px" if args.embed_sizes else name, encoder, size)
+             for name, encoder, arch in candidates for size in (args.embed_sizes or [arch["input_size"]])]
+    for name, encoder, size in sized:
+        s = evaluate(encoder, images, labels, is_test, size, styled, args.balanced_vote)
         loso = "".join(f" | {s[f'loso_{h}']:.4f}" for h in HOLDOUTS) + f" | {s['loso_knn_macro_f1']:.4f}" if args.loso else ""
         balanced = (f" | {s['balanced_knn_macro_f1']:.4f}" + (f" | {s['balanced_loso_knn_macro_f1']:.4f}" if args.loso else "")
                     if args.balanced_vote else "")

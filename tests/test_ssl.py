@@ -39,6 +39,7 @@ from illustra.ssl.jobs import embed_folder, parse_duration
 from illustra.ssl.pretrain import (
     PretrainConfig,
     SimCLR,
+    SimCLRTask,
     export_encoder,
     load_encoder,
     make_optimizer,
@@ -208,6 +209,40 @@ def test_pretraining_with_nearest_neighbour_positives_learns(tiny_pixels, tmp_pa
                  progress=False)
 
 
+def test_chunked_forward_shuffles_the_views_and_puts_each_projection_back_in_its_place(tiny_pixels, tmp_path):
+    from illustra.train.loop import LoopSettings, Trainer
+
+    pixels, labels = tiny_pixels
+    data = torch.from_numpy(np.ascontiguousarray(pixels)).permute(0, 3, 1, 2)
+    model = SimCLR(TINY).eval()  # running statistics: the chunking cannot change a projection
+    batches = {}
+    for chunk in (0, 8):
+        trainer = Trainer(LoopSettings(epochs=1, steps_per_epoch=1, seed=3), progress=False)
+        task = SimCLRTask(data, TINY.__class__(**{**TINY.__dict__, "forward_chunk": chunk}), trainer, 1)
+        batches[chunk] = next(task.batches(0, trainer.random, trainer.device))
+        with torch.no_grad():
+            batches[chunk] += (task.project(model, *batches[chunk][:2]),)
+    whole, chunked = batches[0], batches[8]
+    assert whole[1] is None and chunked[1] is not None  # 0: no shuffle, no extra random draw
+    assert torch.equal(chunked[0][chunked[1]], whole[0])  # the same views, shuffled; `inverse` undoes it
+    assert not torch.equal(chunked[0], whole[0])
+    order = chunked[1].argsort()  # where each view went: an image's two views share a chunk only by chance
+    together = (order[:TINY.batch_size] // 8 == order[TINY.batch_size:] // 8).float().mean()
+    assert together < 0.75
+    assert torch.allclose(chunked[3], whole[3], atol=1e-5)  # each projection back in its view's place
+    # in training, batch norm normalises per chunk (ghost BN): the chunks' statistics, not the batch's
+    model.train()
+    with torch.no_grad():
+        assert not torch.allclose(task.project(model, *chunked[:2]), model(whole[0]), atol=1e-3)
+    # (whether it learns as well is a benchmark on real images, not a 69-image test: RESULTS.md, chunked forward)
+    config = TINY.__class__(**{**TINY.__dict__, "epochs": 1, "forward_chunk": 8})
+    pretrain(pixels, labels, tmp_path, config, PRE, progress=False)
+    assert read_metadata(tmp_path / "encoder.safetensors")["training"]["config"]["forward_chunk"] == 8
+    with pytest.raises(UserError, match="forward_chunk"):
+        pretrain(pixels, labels, tmp_path / "bad", TINY.__class__(**{**TINY.__dict__, "forward_chunk": -1}), PRE,
+                 progress=False)
+
+
 def test_multi_crop_pretraining_learns_and_records_its_views(tiny_pixels, tmp_path):
     pixels, labels = tiny_pixels
     config = TINY.__class__(**{**TINY.__dict__, "epochs": 20, "lr": 1e-2, "local_crops": 2, "local_size": 12})
@@ -282,11 +317,14 @@ def test_weight_average_is_what_the_run_exports(tiny_pixels, tmp_path):
                  progress=False)
 
 
-@pytest.mark.parametrize("nn_bank, ema_decay", [(0, 0.0), (40, 0.0), (0, 0.9)], ids=["simclr", "nnclr-bank", "ema"])
-def test_resume_after_interruption_matches_an_uninterrupted_run(tiny_pixels, tmp_path, nn_bank, ema_decay):
+@pytest.mark.parametrize("nn_bank, ema_decay, forward_chunk", [(0, 0.0, 0), (40, 0.0, 0), (0, 0.9, 0), (0, 0.0, 8)],
+                         ids=["simclr", "nnclr-bank", "ema", "chunked"])
+def test_resume_after_interruption_matches_an_uninterrupted_run(tiny_pixels, tmp_path, nn_bank, ema_decay,
+                                                                forward_chunk):
     pixels, labels = tiny_pixels
-    # NNCLR's bank and the weight average are in the checkpoint too
-    config = TINY.__class__(**{**TINY.__dict__, "nn_bank": nn_bank, "ema_decay": ema_decay})
+    # NNCLR's bank and the weight average are in the checkpoint too; the chunks' shuffle draws from the run's stream
+    config = TINY.__class__(**{**TINY.__dict__, "nn_bank": nn_bank, "ema_decay": ema_decay,
+                               "forward_chunk": forward_chunk})
     steps_per_epoch = len(pixels) // TINY.batch_size
     pretrain(pixels, labels, tmp_path / "full", config, PRE, progress=False)
     pretrain(pixels, labels, tmp_path / "cut", config, PRE, progress=False, max_steps=steps_per_epoch)  # "killed"

@@ -66,7 +66,7 @@ def test_every_stage_draws_on_its_batch_device():
     trainer = Trainer(LoopSettings(epochs=1, steps_per_epoch=1), progress=False)
     pixels = torch.randint(0, 256, (32, 3, 16, 16), dtype=torch.uint8)
     ssl = SimCLRTask(pixels, PretrainConfig(batch_size=8), trainer, 1)
-    (views,) = next(ssl.batches(0, trainer.random, trainer.device))
+    views, _, _ = next(ssl.batches(0, trainer.random, trainer.device))
     labels = np.arange(32) % 4
     ft = ClassifierTask(pixels.permute(0, 2, 3, 1), labels, FinetuneConfig(batch_size=8, imbalance="none"), 16, None,
                         trainer, 1)
