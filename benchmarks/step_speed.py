@@ -48,7 +48,7 @@ def simclr_rate(forward_chunk: int, steps: int) -> tuple[float, int, str]:
     """View-images per second of SimCLR steps (the `cpu` profile's ssl config) at this `forward_chunk`."""
     from illustra.config import load_config
     from illustra.ssl.pretrain import PretrainConfig, SimCLR, SimCLRTask, make_optimizer
-    from illustra.train.device import cpu_bf16
+    from illustra.train.device import autocast, cpu_bf16
     from illustra.train.loop import LoopSettings, Trainer
 
     config = PretrainConfig.from_dict(load_config("ssl.yaml", [f"forward_chunk={forward_chunk}"], section="ssl",
@@ -65,7 +65,7 @@ def simclr_rate(forward_chunk: int, steps: int) -> tuple[float, int, str]:
     timed = 0.0
     for index, batch in enumerate(batches):
         started = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        with autocast(trainer.device, bf16):  # the training core's precision rule
             loss = task.loss(model, batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -183,8 +183,8 @@ class SimCLRTask:
         """Projections of the global views, in their batch order (view-major).
 
         Trick: with `forward_chunk`, the forward runs over chunks of that many views (a single backward still
-        follows the one loss), so each layer works on activations that stay in the CPU's caches: 1.38x the
-        view-images/s at 128 of 512 on 2 float32 Zen 3 cores (benchmarks/RESULTS.md). Batch norm then normalises
+        follows the one loss), so each layer works on activations that stay in the CPU's caches: at 128 of 512,
+        1.36x the epochs per minute on 2 float32 Zen 3 cores (benchmarks/RESULTS.md). Batch norm then normalises
         per chunk (ghost batch norm); `batches` shuffles the views first, so that an image's two views share a
         chunk only by chance and the chunk's statistics cannot tell a positive from a negative (MoCo's shuffled BN).
         """
@@ -200,7 +200,8 @@ class SimCLRTask:
             with full_precision(projections.device):  # the contrastive logits in float32, outside bf16
                 first, second = projections.float().chunk(2)
                 return self.criterion(first, second)
-        small = model(small) if small is not None else None  # local views at their own size: a second pass
+        if small is not None:  # local views at their own size: a second pass
+            small = model(small)
         with full_precision(projections.device):
             first, second = projections.float().chunk(2)
             rest = list(small.float().chunk(self.config.local_crops)) if small is not None else []
