@@ -90,9 +90,10 @@ def _cmd_curate(args: argparse.Namespace) -> int:
     summary = curate(args.data, args.out, _work(args), args.encoder, settings, _data_cache_spec(_work(args)), jobs)
     anchors = summary.get("photo_anchors")
     steps = summary.get("texture_view_steps")
+    texture = (f", texture view {steps} steps" if steps else
+               ", texture view not trained: too few sure examples" if settings.photos.texture_view else "")
     evidence = "" if anchors is None else (f" ({anchors} anchors" + (
-        (f", texture view {steps} steps)" if steps else ")") if anchors >= settings.photos.min_anchors
-        else ": too few for the relative views, only they are called)"))
+        f"{texture})" if anchors >= settings.photos.min_anchors else ": too few for the relative views, only they are called)"))
     print(f"files {summary['files']}, usable {summary['usable']}, blank {summary['blank']}; duplicate groups "
           f"{summary['duplicate_groups']} ({summary['duplicate_copies_dropped']} copies dropped, "
           f"{summary['label_conflict_groups']} with label conflicts); photos {summary['photos']}{evidence}; "

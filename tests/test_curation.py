@@ -21,6 +21,7 @@ from illustra.curation.photos import (
     combine_views,
     cutout_anchors,
     detect_photos,
+    drawing_label_share,
     frame_anchors,
     frame_votes,
     image_statistics,
@@ -303,6 +304,23 @@ def test_a_forced_bf16_texture_view_computes_its_convolutions_in_bf16_on_any_cpu
     assert dtypes == {True: {torch.bfloat16}, False: {torch.float32}}
     logits = patch_logits(model, patches)
     assert logits.shape == (32,) and np.isfinite(logits).all()
+
+
+def test_no_texture_view_where_the_frame_view_is_sure_of_too_few_of_the_drawings():
+    rng = np.random.default_rng(0)
+    sure, unsure = 6, 30  # a small folder: the frame view is sure of 6 drawings, unsure of 30 shaded ones
+    frame = np.array([0.99] * 6 + [0.01] * sure + [0.5] * unsure + [0.01] * 4)  # the last 4 have no patch
+    owner = np.repeat(np.arange(6 + sure + unsure), 4)
+    patches = rng.integers(0, 256, (len(owner), 32, 32, 3), dtype=np.uint8)
+    labels = texture_labels(frame, None, PhotoSettings())[owner]
+    assert drawing_label_share(labels, owner) == pytest.approx(sure / (sure + unsure))  # patchless rows do not count
+    assert drawing_label_share(np.ones(4, int), np.arange(4)) == 0.0  # nothing but photo labels
+    fast = PhotoSettings(texture_steps=2, texture_batch=8, texture_rounds=1)
+    assert np.isnan(texture_view_logits(frame, patches, owner, fast)).all()  # 6 / 36 < 0.2: no net, no calls
+    trained = texture_view_logits(frame, patches, owner, replace(fast, texture_min_drawing_share=0.0))
+    assert np.isfinite(trained[:-4]).all() and np.isnan(trained[-4:]).all()
+    frame[6:6 + sure + unsure] = 0.01  # the frame view sure of them all: the net trains at the default
+    assert np.isfinite(texture_view_logits(frame, patches, owner, fast)[:-4]).all()
 
 
 def test_a_bad_texture_precision_is_refused_before_any_work():

@@ -87,6 +87,8 @@ class PhotoSettings:
     texture_rounds: int  # co-training: later rounds also learn from the previous round's confident texture calls
     texture_round_logit: float  # ... a mean patch logit above this is a photo label, below minus this a drawing label
     texture_round_min_share: float  # ... and a later round runs only where the photo share estimated so far is at least this
+    texture_min_drawing_share: float  # the first round trains only where its drawing labels cover at least this share
+                                      #   of the images with patches that are not photo labels
     foreground_negative_share: float  # a drawing pseudo-label also needs texture_share at most this (1: frame alone)
     texture_threshold: float  # mean patch logit above which the texture view calls a photo (before the prior shift)
     texture_prior_shift: float  # boundary += this * log((1 - share) / share), share estimated from the logits; 0: fixed
@@ -579,6 +581,13 @@ def texture_labels(frame_score: np.ndarray, texture: np.ndarray | None, settings
     return np.where(positive, 1, np.where(negative, 0, -1))
 
 
+def drawing_label_share(labels: np.ndarray, owner: np.ndarray) -> float:
+    """Of the images with patches that are not photo labels, the share that are drawing labels (per-patch
+    `labels` and their `owner` image, as the texture view trains on them; 0 where there are none)."""
+    rest = np.unique(owner[labels != 1])
+    return len(np.unique(owner[labels == 0])) / len(rest) if len(rest) else 0.0
+
+
 def texture_view_logits(frame_score: np.ndarray, patches: np.ndarray, owner: np.ndarray,
                         settings: PhotoSettings = PhotoSettings(), progress=None, writer=None,
                         texture: np.ndarray | None = None, anchor: np.ndarray | None = None,
@@ -592,6 +601,12 @@ def texture_view_logits(frame_score: np.ndarray, patches: np.ndarray, owner: np.
     confident calls (co-training); a round with too few labels keeps the previous round's logits, and so does
     a folder whose estimated photo share (`photo_share_estimate`) is below `texture_round_min_share`: where
     photos are rare, the first net's confident calls are mostly textured drawings (benchmarks/RESULTS.md).
+
+    No net is trained (all NaN) where the first round's drawing labels cover less than
+    `texture_min_drawing_share` of the images with patches that are not photo labels: the frame view of a small
+    folder can be sure of only a few drawings (line art without patches, a handful of flat icons), and a net that
+    has seen those alone calls every shaded drawing a photo (a 180-image folder: 6 drawing labels, 54 false calls;
+    at least 0.45 in every folder of the benchmark and the photo grid; benchmarks/RESULTS.md).
     """
     logits = np.full(len(frame_score), np.nan)
     for round_ in range(max(1, settings.texture_rounds)):
@@ -600,6 +615,8 @@ def texture_view_logits(frame_score: np.ndarray, patches: np.ndarray, owner: np.
         labels = texture_labels(frame_score, texture, settings, logits if round_ else None, anchor,
                                 negative_score)[owner]
         if min(len(np.unique(owner[labels == 1])), len(np.unique(owner[labels == 0]))) < settings.min_confident:
+            break
+        if not round_ and drawing_label_share(labels, owner) < settings.texture_min_drawing_share:
             break
         train = labels >= 0
         model = fit_texture_net(patches[train], labels[train],

@@ -261,6 +261,12 @@ def photos_section(manifest: pd.DataFrame, pixels: np.ndarray) -> str:
              "folder are photos; the rarer photos are, the more evidence a call needs, so its boundary (dashed "
              f"line) sits at mean patch logit {threshold:+.1f} here (0 would be even odds).") if len(shares) else (
              f"Its boundary (dashed line) is at mean patch logit {threshold:+.1f}.")
+    if not scored["patch_logit"].notna().any():
+        share = ("<b>In this folder the texture view did not train</b>: the frame view was sure of too few examples "
+                 "(fewer than <code>photos.min_confident</code> on a side, or drawing examples for less than "
+                 "<code>photos.texture_min_drawing_share</code> of the images with patches that are no photo "
+                 "example, as in a small folder, where a net taught so few drawings calls every shaded one a "
+                 "photo), so the frame view and the anchors call the photos alone.")
     flagged = scored["is_photo"].astype(bool)
     frame_call = (scored["frame_vote"] if "frame_vote" in scored else scored["frame_score"]).fillna(0) > 0.5
     texture_call = scored["patch_logit"].fillna(-np.inf) > threshold
