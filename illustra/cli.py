@@ -47,15 +47,27 @@ def summarise_index(result) -> str:
     return "\n".join(lines)
 
 
+def time_budget(text: str) -> float:
+    """Seconds of a --time-budget ('90s', '20m', '1.5h', or a plain number of seconds). A plain number under a
+    minute is said aloud on stderr: `--ssl-budget 2` is two seconds, and one epoch, not two minutes."""
+    from illustra.ssl.jobs import parse_duration
+
+    seconds = parse_duration(text)
+    if 0 < seconds < 60 and str(text).strip().replace(".", "", 1).isdigit():
+        print(f"note: a time budget of {text} is {seconds:g} seconds (a number without a unit is seconds); "
+              f"write {text}m for minutes", file=sys.stderr)
+    return seconds
+
+
 def _cmd_pretrain(args: argparse.Namespace) -> int:
     """SimCLR-pretrain the encoder on a data folder."""
     from illustra.config import load_config
-    from illustra.ssl.jobs import parse_duration, pretrain_folder
+    from illustra.ssl.jobs import pretrain_folder
     from illustra.ssl.pretrain import PretrainConfig
 
     raw = load_config(args.config, args.set, section="ssl")
     if args.time_budget:
-        raw["time_budget_s"] = parse_duration(args.time_budget)
+        raw["time_budget_s"] = time_budget(args.time_budget)
     config = PretrainConfig.from_dict(raw)
     summary = pretrain_folder(args.data, args.out, _work(args), config, _data_cache_spec(_work(args)), resume=args.resume)
     if _rank() != 0:
@@ -111,11 +123,10 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     from illustra.config import load_config
     from illustra.finetune.jobs import finetune_folder, split_table
     from illustra.finetune.train import FinetuneConfig
-    from illustra.ssl.jobs import parse_duration
 
     raw = load_config(args.config, args.set, section="finetune")
     if args.time_budget:
-        raw["time_budget_s"] = parse_duration(args.time_budget)
+        raw["time_budget_s"] = time_budget(args.time_budget)
     if args.from_scratch:
         raw["mode"] = "scratch"
     config = FinetuneConfig.from_dict(raw)

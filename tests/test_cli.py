@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from illustra.cli import main
+from illustra.cli import main, time_budget
 
 COMMANDS = ["bench", "pretrain", "embed", "curate", "finetune", "evaluate", "predict", "experiment", "scan"]
 
@@ -35,6 +35,14 @@ def test_unknown_override_is_an_error(fixture_bench, tmp_path):
 def test_evaluate_script_runs_from_the_repo_root():
     done = subprocess.run([sys.executable, "evaluate.py", "--help"], capture_output=True, text=True)
     assert done.returncode == 0 and "--weights" in done.stdout
+
+
+def test_a_time_budget_without_a_unit_is_seconds_and_a_short_one_is_said_aloud(capsys):
+    assert time_budget("2") == 2.0 and "is 2 seconds" in capsys.readouterr().err  # not two minutes: say so
+    assert time_budget("2m") == 120.0 and time_budget("90s") == 90.0 and time_budget("90") == 90.0
+    assert time_budget("1.5h") == 5400.0 and capsys.readouterr().err == ""  # a unit, or a minute or more: silent
+    with pytest.raises(ValueError, match="20m"):
+        time_budget("two minutes")
 
 
 def test_end_to_end_pretrain_curate_finetune_evaluate(fixture_bench, tmp_path, capsys):
