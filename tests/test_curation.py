@@ -501,6 +501,11 @@ def test_a_folder_of_drawings_alone_gets_no_photo_called():
     ungated = detect_photos(stats, None, replace(settings, min_anchors=0, frame_full_only=False), np.concatenate(taken),
                             owner)
     assert ungated["is_photo"].any()  # the relative views alone call the most photo-like drawings (here the flags)
+    untrained = detect_photos(stats, None, replace(settings, min_anchors=0, frame_full_only=False,
+                                                   texture_min_drawing_share=1.01), np.concatenate(taken), owner)
+    assert untrained["patch_logit"].isna().all()  # above 1 the texture view never trains; the report says so
+    html = photos_section(stats.join(untrained).assign(path=manifest["path"], cache_row=manifest["cache_row"]), pixels)
+    assert "In this folder the texture view did not train" in html and "Its boundary" not in html
 
 
 def test_a_call_with_no_called_neighbour_has_no_support():

@@ -282,6 +282,11 @@ def photos_section(manifest: pd.DataFrame, pixels: np.ndarray) -> str:
     axes[1].set(title="each view's evidence (images with foreground patches)", xlabel="frame view score",
                 ylabel="texture view: mean patch logit")
     axes[1].legend(loc="lower right", fontsize=8)
+    if not has_patch.any():  # no texture view: say so on the panel rather than show empty axes
+        axes[1].clear()
+        axes[1].set_axis_off()
+        axes[1].text(0.5, 0.5, "the texture view did not train in this folder\n(too few sure examples: see the text)",
+                     ha="center", va="center", fontsize=10, transform=axes[1].transAxes)
     fig.tight_layout()
     order = scored.sort_values("photo_score")
     border = scored.iloc[(scored["photo_score"] - 0.5).abs().argsort()[:24]].index
