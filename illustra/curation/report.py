@@ -257,36 +257,38 @@ def photos_section(manifest: pd.DataFrame, pixels: np.ndarray) -> str:
     boundaries = scored["texture_boundary"].dropna() if "texture_boundary" in scored else pd.Series(dtype=float)
     threshold = float(boundaries.iloc[0]) if len(boundaries) else 0.0
     shares = scored["photo_share_estimate"].dropna() if "photo_share_estimate" in scored else pd.Series(dtype=float)
-    share = (f"From its outputs alone the texture view estimates that {100 * float(shares.iloc[0]):.1f} % of this "
-             "folder are photos; the rarer photos are, the more evidence a call needs, so its boundary (dashed "
-             f"line) sits at mean patch logit {threshold:+.1f} here (0 would be even odds).") if len(shares) else (
-             f"Its boundary (dashed line) is at mean patch logit {threshold:+.1f}.")
-    if not scored["patch_logit"].notna().any():
+    has_patch = scored["patch_logit"].notna()
+    if not has_patch.any():
         share = ("<b>In this folder the texture view did not train</b>: the frame view was sure of too few examples "
                  "(fewer than <code>photos.min_confident</code> on a side, or drawing examples for less than "
                  "<code>photos.texture_min_drawing_share</code> of the images with patches that are no photo "
                  "example, as in a small folder, where a net taught so few drawings calls every shaded one a "
                  "photo), so the frame view and the anchors call the photos alone.")
+    elif len(shares):
+        share = (f"From its outputs alone the texture view estimates that {100 * float(shares.iloc[0]):.1f} % of this "
+                 "folder are photos; the rarer photos are, the more evidence a call needs, so its boundary (dashed "
+                 f"line) sits at mean patch logit {threshold:+.1f} here (0 would be even odds).")
+    else:
+        share = f"Its boundary (dashed line) is at mean patch logit {threshold:+.1f}."
     flagged = scored["is_photo"].astype(bool)
     frame_call = (scored["frame_vote"] if "frame_vote" in scored else scored["frame_score"]).fillna(0) > 0.5
     texture_call = scored["patch_logit"].fillna(-np.inf) > threshold
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.4))
     axes[0].hist(scored["photo_score"], bins=50, log=True)
     axes[0].set(title="photo_score (0 = drawing, 1 = photograph)", xlabel="photo_score", ylabel="images")
-    has_patch = scored["patch_logit"].notna()
-    for called, colour, label in ((False, "#999", "kept (drawing)"), (True, "tab:red", "called a photo")):
-        part = scored[has_patch & (flagged == called)]
-        axes[1].scatter(part["frame_score"], part["patch_logit"], s=5, c=colour, label=f"{label}: {len(part)}")
-    axes[1].axvline(0.5, color="k", lw=0.8, ls=":")
-    axes[1].axhline(threshold, color="k", lw=0.8, ls="--")
-    axes[1].set(title="each view's evidence (images with foreground patches)", xlabel="frame view score",
-                ylabel="texture view: mean patch logit")
-    axes[1].legend(loc="lower right", fontsize=8)
     if not has_patch.any():  # no texture view: say so on the panel rather than show empty axes
-        axes[1].clear()
         axes[1].set_axis_off()
         axes[1].text(0.5, 0.5, "the texture view did not train in this folder\n(too few sure examples: see the text)",
                      ha="center", va="center", fontsize=10, transform=axes[1].transAxes)
+    else:
+        for called, colour, label in ((False, "#999", "kept (drawing)"), (True, "tab:red", "called a photo")):
+            part = scored[has_patch & (flagged == called)]
+            axes[1].scatter(part["frame_score"], part["patch_logit"], s=5, c=colour, label=f"{label}: {len(part)}")
+        axes[1].axvline(0.5, color="k", lw=0.8, ls=":")
+        axes[1].axhline(threshold, color="k", lw=0.8, ls="--")
+        axes[1].set(title="each view's evidence (images with foreground patches)", xlabel="frame view score",
+                    ylabel="texture view: mean patch logit")
+        axes[1].legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     order = scored.sort_values("photo_score")
     border = scored.iloc[(scored["photo_score"] - 0.5).abs().argsort()[:24]].index
