@@ -59,6 +59,18 @@ def time_budget(text: str) -> float:
     return seconds
 
 
+def budget_text(text: str) -> str:
+    """argparse type of every budget option: a duration that parses, checked before any stage runs (kept as
+    written, so `illustra run` hands it on to its stages)."""
+    from illustra.ssl.jobs import parse_duration
+
+    try:
+        parse_duration(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text
+
+
 def _cmd_pretrain(args: argparse.Namespace) -> int:
     """SimCLR-pretrain the encoder on a data folder."""
     from illustra.config import load_config
@@ -497,7 +509,7 @@ def build_parser() -> argparse.ArgumentParser:
     pretrain.add_argument("--work", help=WORK_HELP)
     pretrain.add_argument("--config", default="ssl.yaml", help="YAML config (default configs/ssl.yaml)")
     pretrain.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
-    pretrain.add_argument("--time-budget", help="stop and anneal within this time, e.g. 20m")
+    pretrain.add_argument("--time-budget", type=budget_text, help="stop and anneal within this time, e.g. 20m")
     pretrain.add_argument("--resume", action="store_true", help="continue from RUN/checkpoint.safetensors")
     pretrain.set_defaults(run=_cmd_pretrain)
 
@@ -532,7 +544,7 @@ def build_parser() -> argparse.ArgumentParser:
     finetune.add_argument("--config", default="finetune.yaml", help="YAML config in configs/")
     finetune.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                           help="override a config key, e.g. epochs=10 (repeatable)")
-    finetune.add_argument("--time-budget", help="e.g. 10m")
+    finetune.add_argument("--time-budget", type=budget_text, help="e.g. 10m")
     finetune.add_argument("--from-scratch", action="store_true", help="random encoder init, same recipe")
     finetune.add_argument("--resume", action="store_true", help="continue from RUN/checkpoint.safetensors")
     finetune.add_argument("--all", action="store_true", help="train on every cleaned image (no test score)")
@@ -553,8 +565,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--from", dest="start_from", metavar="STAGE",
                      help="redo this stage and every later one (scan, pretrain, embed, curate, finetune, export, "
                           "evaluate); default: only what changed")
-    run.add_argument("--ssl-budget", help="SimCLR time budget, e.g. 25m (default: the profile's)")
-    run.add_argument("--finetune-budget", help="fine-tuning time budget, e.g. 20m (default: the profile's)")
+    run.add_argument("--ssl-budget", type=budget_text, help="SimCLR time budget, e.g. 25m (default: the profile's)")
+    run.add_argument("--finetune-budget", type=budget_text, help="fine-tuning time budget, e.g. 20m (default: the profile's)")
     run.add_argument("--set", action="append", default=[], metavar="STAGE.KEY=VALUE",
                      help="override a stage's config key, e.g. finetune.epochs=10 or curate.photos.texture_steps=200")
     run.set_defaults(run=_cmd_run)
@@ -590,10 +602,10 @@ def build_parser() -> argparse.ArgumentParser:
     pipeline.add_argument("--out", default="work", help="folder for every output (default work/)")
     pipeline.add_argument("--seed", type=int, default=0, help="benchmark seed")
     pipeline.add_argument("--retrain", action="store_true", help="retrain everything instead of reusing checkpoints/")
-    pipeline.add_argument("--ssl-budget", help="time budget of SSL pretraining with --retrain (default: the profile's, "
-                          "25m on cpu, 4m on gpu)")
-    pipeline.add_argument("--finetune-budget", help="time budget of fine-tuning with --retrain (default: the profile's, "
-                          "20m on cpu, 3m on gpu)")
+    pipeline.add_argument("--ssl-budget", type=budget_text, help="time budget of SSL pretraining with --retrain "
+                          "(default: the profile's, 25m on cpu, 4m on gpu)")
+    pipeline.add_argument("--finetune-budget", type=budget_text, help="time budget of fine-tuning with --retrain "
+                          "(default: the profile's, 20m on cpu, 3m on gpu)")
     pipeline.set_defaults(run=_cmd_pipeline)
     return parser
 

@@ -43,6 +43,9 @@ def test_a_time_budget_without_a_unit_is_seconds_and_a_short_one_is_said_aloud(c
     assert time_budget("1.5h") == 5400.0 and capsys.readouterr().err == ""  # a unit, or a minute or more: silent
     with pytest.raises(ValueError, match="20m"):
         time_budget("two minutes")
+    with pytest.raises(SystemExit):  # refused by argparse before any stage runs, with the reason and no traceback
+        main(["run", "no-such-folder", "--out", "x", "--ssl-budget", "two minutes"])
+    assert "--ssl-budget: cannot read duration 'two minutes'" in capsys.readouterr().err
 
 
 def test_end_to_end_pretrain_curate_finetune_evaluate(fixture_bench, tmp_path, capsys):
