@@ -12,6 +12,7 @@ from test_curation import tiny_encoder
 
 from illustra.curation.photos import PhotoSettings
 from illustra.curation.run import CurationSettings, curate
+from illustra.errors import UserError
 from illustra.finetune.jobs import UnknownClassError, evaluate_folder, finetune_folder
 from illustra.finetune.model import load_classifier
 from illustra.finetune.split import leaking_groups, split_manifest
@@ -66,6 +67,18 @@ def test_resume_continues_to_the_same_weights(tiny_run, tmp_path):
     finetune_folder(tmp / "cur", tmp_path / "b", tmp / "work", one, encoder, progress=False, max_steps=per_epoch)
     resumed = finetune_folder(tmp / "cur", tmp_path / "b", tmp / "work", one, encoder, progress=False, resume=True)
     assert resumed["epochs"] == 2 and len(resumed["history"]) == 2  # continued, did not restart
+
+
+def test_validation_every_k_epochs_and_always_after_the_last(tiny_run, tmp_path):
+    data, tmp, _ = tiny_run
+    config = FinetuneConfig(epochs=3, batch_size=16, ema_decay=0.9, imbalance="none", val_every=2)
+    summary = finetune_folder(tmp / "cur", tmp_path / "run", tmp / "work", config, tmp / "encoder.safetensors",
+                              progress=False)
+    assert ["val_macro_f1" in h for h in summary["history"]] == [False, True, True]
+    assert summary["setup_seconds"] >= 0.0 and summary["train_seconds"] <= summary["seconds"]  # on the budget clock
+    with pytest.raises(UserError, match="val_every"):
+        finetune_folder(tmp / "cur", tmp_path / "bad", tmp / "work", FinetuneConfig(epochs=1, val_every=0),
+                        tmp / "encoder.safetensors", progress=False)
 
 
 def test_evaluate_maps_folders_by_name_and_rejects_unknown(tiny_run, tmp_path):

@@ -6,6 +6,7 @@ import ast
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -99,6 +100,8 @@ def test_budget_shortens_the_horizon_never_below_what_is_done():
     assert budgeted_horizon(30, 2, 20.0, 100) == 10  # 10 s per epoch, 100 s budget
     assert budgeted_horizon(30, 5, 100.0, 60) == 5
     assert budgeted_horizon(30, 2, 2.0, 0) == 30
+    assert budgeted_horizon(30, 2, 20.0, 100, spent_outside=30.0) == 7  # 30 s of loading: 70 s left for epochs
+    assert budgeted_horizon(30, 2, 20.0, 100, spent_outside=300.0) == 2
 
 
 def test_an_annealed_horizon_is_never_extended():
@@ -192,6 +195,55 @@ def test_hard_deadline_stops_mid_epoch(tmp_path):
 
     trainer.fit(Endless(0), model, torch.optim.SGD(model.parameters(), 0.1))
     assert trainer.state.step == 1 and trainer.stopped_early
+
+
+class Sleepy(ToyTask):
+    """The toy task with a set wall time per epoch (seconds by epoch index; the last value repeats)."""
+
+    def __init__(self, steps: int, epoch_seconds: list[float]) -> None:
+        super().__init__(steps)
+        self.epoch_seconds = epoch_seconds
+
+    def batches(self, epoch, random, device):
+        time.sleep(self.epoch_seconds[min(epoch, len(self.epoch_seconds) - 1)])
+        yield from super().batches(epoch, random, device)
+
+
+def _budget_run(budget_s, epoch_seconds, end_of_epoch, budget_clock=0.0, epochs=50):
+    settings = LoopSettings(epochs=epochs, steps_per_epoch=2, seed=0, time_budget_s=budget_s, budget_clock=budget_clock)
+    trainer = Trainer(settings, progress=False)
+    model = trainer.prepare(nn.Linear(1, 1))
+    began = time.perf_counter()
+    trainer.fit(Sleepy(2, epoch_seconds), model, torch.optim.SGD(model.parameters(), 0.01),
+                end_of_epoch=lambda m, state: end_of_epoch(trainer, state))
+    return trainer, time.perf_counter() - began
+
+
+def test_the_budget_is_wall_time_with_evaluation_and_set_up_counted():
+    def slow_validation(trainer, state):  # a 0.25 s evaluation after a 0.01 s epoch (was outside the budget)
+        time.sleep(0.25)
+        return {"val": 1.0}
+
+    trainer, wall = _budget_run(1.5, [0.01], slow_validation)
+    assert 4 <= trainer.state.epoch <= 6, trainer.state.history  # 50 epochs before (training alone fits them)
+    assert wall < 1.5 + 0.3
+    assert trainer.state.seconds == pytest.approx(wall, abs=0.1) and trainer.state.train_seconds < 0.3
+    # a job that spent 1 s loading before `fit` has 0.5 s left of its 1.5 s
+    trainer, wall = _budget_run(1.5, [0.01], slow_validation, budget_clock=time.perf_counter() - 1.0)
+    assert trainer.state.epoch <= 2 and trainer.state.setup_seconds == pytest.approx(1.0, abs=0.1)
+
+
+def test_an_every_k_monitor_still_evaluates_the_epoch_the_budget_makes_the_last():
+    def every_third(trainer, state):
+        if state.epoch % 3 and state.epoch < state.horizon_epochs and not trainer.ending:
+            return {}
+        return {"val": float(state.epoch)}
+
+    # three quick epochs (the horizon is then 20), then a slow one: after it the budget is spent, at epoch 4
+    trainer, _ = _budget_run(1.0, [0.05, 0.05, 0.05, 1.0], every_third)
+    history = trainer.state.history
+    assert [h["epoch"] for h in history] == [1, 2, 3, 4]
+    assert ["val" in h for h in history] == [False, False, True, True]  # epoch 4 was not a multiple of 3
 
 
 def test_seeding_makes_initialisation_reproducible():

@@ -45,7 +45,8 @@ def curves_figure(results: list[dict], factor: str) -> str:
     for r in results:
         if r["factor"] in ("baseline", factor) and r["history"]:
             style = "--" if r["factor"] == "baseline" else "-"
-            ax.plot([h["epoch"] for h in r["history"]], [h["val_macro_f1"] for h in r["history"]], style,
+            ax.plot([h["epoch"] for h in r["history"] if "val_macro_f1" in h],
+                    [h["val_macro_f1"] for h in r["history"] if "val_macro_f1" in h], style,
                     label=r["run"], lw=1.2)
     ax.set(xlabel="epoch", ylabel="val macro-F1", title=factor)
     ax.legend(fontsize=7)

@@ -94,7 +94,7 @@ def execute_run(plan: Plan, run: Run, out: Path, curation: Path, work: Path, cac
         "key": key, "run": run.name, "factor": run.factor, "level": run.level, "seed": run.seed,
         "test_macro_f1": metrics["test_macro_f1"], "test_micro_f1": metrics["test_micro_f1"],
         "val_macro_f1": history[-1]["val_macro_f1"] if history else float("nan"),
-        "best_val_macro_f1": max((h["val_macro_f1"] for h in history), default=float("nan")),
+        "best_val_macro_f1": max((h["val_macro_f1"] for h in history if "val_macro_f1" in h), default=float("nan")),
         "epochs": metrics["epochs"], "train_images": metrics["train_images"],
         "train_seconds": metrics["seconds"], "wall_seconds": round(wall, 1),
         "images_per_second": round(float(np.mean([h["images_per_second"] for h in history])), 1) if history else 0.0,

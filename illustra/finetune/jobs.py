@@ -114,6 +114,7 @@ def finetune_folder(curation: str | Path, out: str | Path, work: str | Path | No
     current index, never by the curation's row positions: images deleted or changed since are dropped
     (and said), a curation of another data folder is an error.
     """
+    started = time.perf_counter()  # the budget's clock: loading counts against it
     out = Path(out)
     made_from = curation_index(curation)
     work = Path(work or made_from.get("work") or "work/index")
@@ -152,7 +153,7 @@ def finetune_folder(curation: str | Path, out: str | Path, work: str | Path | No
     preprocessing = {**preprocessing_of(spec, input_size), "tta": config.tta, "resample": "grid",
                      "resize": "fit into cache square by policy (white padding), then bilinear grid_sample"}
     summary = finetune(train_x, train_y, val_x, val_y, classes, out, config, preprocessing,
-                       encoder, resume=resume, progress=progress, max_steps=max_steps)
+                       encoder, resume=resume, progress=progress, max_steps=max_steps, budget_clock=started)
     summary["split_sizes"] = {k: len(v) for k, v in parts.items()}
     summary["index"] = {"work": str(work), "fingerprint": read_index_info(work).get("fingerprint", ""),
                         "curation_fingerprint": made_from.get("fingerprint", ""), "stale": remapped.stale,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 
 import numpy as np
@@ -60,11 +61,13 @@ def pretrain_folder(data: str | Path, run_dir: str | Path, work: str | Path, con
 def pretrain_cached(run_dir: str | Path, work: str | Path, config: PretrainConfig, spec: CacheSpec = CacheSpec(),
                     resume: bool = False) -> dict:
     """Pretrain on every usable row of an already indexed WORK folder (manifest + pixel cache)."""
+    started = time.perf_counter()  # the budget's clock: loading counts against it
     manifest, pixels = load_manifest(work), open_pixels(work, spec)
     usable = manifest[manifest["cache_row"] >= 0]
     images = np.asarray(pixels[usable["cache_row"].to_numpy()])
     labels = usable["class_id"].to_numpy()  # only for the kNN monitor
-    return pretrain(images, labels, run_dir, config, preprocessing_of(spec, config.encoder.input_size), resume=resume)
+    return pretrain(images, labels, run_dir, config, preprocessing_of(spec, config.encoder.input_size), resume=resume,
+                    budget_clock=started)
 
 
 def embed_folder(data: str | Path, encoder: str | Path, out: str | Path, work: str | Path,

@@ -13,6 +13,7 @@ core's (`illustra.train`).
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -253,11 +254,14 @@ class SimCLRTask:
 def pretrain(
     pixels: np.ndarray, labels: np.ndarray, run_dir: str | Path, config: PretrainConfig,
     preprocessing: dict, *, resume: bool = False, progress: bool = True, max_steps: int | None = None,
+    budget_clock: float = 0.0,
 ) -> dict:
     """Train SimCLR on uint8 pixels (N, S, S, 3); write checkpoint, encoder and metrics to run_dir.
 
-    `labels` are used only by the kNN monitor (a label-free run passes -1 everywhere).
+    `labels` are used only by the kNN monitor (a label-free run passes -1 everywhere). `budget_clock` (a
+    time.perf_counter() value) is when the job began: its loading counts against the time budget.
     """
+    budget_clock = budget_clock or time.perf_counter()
     run_dir = Path(run_dir)
     if config.local_crops < 0 or (config.local_crops and not 4 <= config.local_size <= config.encoder.input_size):
         raise UserError(f"local_crops={config.local_crops}, local_size={config.local_size}: use local_crops >= 0 "
@@ -277,7 +281,8 @@ def pretrain(
         raise UserError(f"{len(data)} images are fewer than one global batch of {config.batch_size * world}: "
                         "use a smaller --set batch_size=...")
     settings = LoopSettings(epochs=config.epochs, steps_per_epoch=steps_per_epoch, seed=config.seed,
-                            warmup_epochs=config.warmup_epochs, time_budget_s=config.time_budget_s, label="ssl",
+                            warmup_epochs=config.warmup_epochs, time_budget_s=config.time_budget_s,
+                            budget_clock=budget_clock, label="ssl",
                             checkpoint_every_s=config.checkpoint_every_s, ema_decay=config.ema_decay,
                             cpu_channels_last=config.channels_last_cpu,
                             cpu_bf16=cpu_bf16(config.precision_cpu), print_epochs=True)
@@ -288,7 +293,8 @@ def pretrain(
 
     def monitor(evaluated: SimCLR, state: RunState) -> dict:
         """kNN monitor and an encoder snapshot every `knn_every` epochs and at the end."""
-        if not config.knn_every or (state.epoch % config.knn_every and state.epoch < state.horizon_epochs):
+        if not config.knn_every or (state.epoch % config.knn_every and state.epoch < state.horizon_epochs
+                                    and not trainer.ending):
             return {}
         scores = knn_monitor(evaluated.encoder, data, labels, config, trainer.device)
         evaluated.train()
@@ -300,8 +306,11 @@ def pretrain(
     model = trainer.fit(SimCLRTask(data, config, trainer, steps_per_epoch), model, optimizer, resume=resume,
                         max_steps=max_steps, end_of_epoch=monitor, checkpoint_meta=meta)
     state = trainer.state
-    training = {"epochs": state.epoch, "steps": state.step, "wall_seconds": round(state.seconds, 1),
-                "view_images_per_second": round(state.images_seen / state.seconds if state.seconds else 0.0, 1),
+    training = {"epochs": state.epoch, "steps": state.step,
+                "wall_seconds": round(state.setup_seconds + state.seconds, 1),  # what the budget counts
+                "train_seconds": round(state.train_seconds, 1), "setup_seconds": round(state.setup_seconds, 1),
+                "view_images_per_second": round(state.images_seen / state.train_seconds if state.train_seconds
+                                                else 0.0, 1),
                 "world_size": trainer.world, "device": str(trainer.device), "precision": trainer.precision,
                 "profile": config.profile or "custom", "config": config.to_dict(), "history": state.history}
     if trainer.is_main:

@@ -47,7 +47,10 @@ class LoopSettings:
     steps_per_epoch: int
     seed: int = 0
     warmup_epochs: float = 0.0
-    time_budget_s: float = 0.0       # 0: none
+    time_budget_s: float = 0.0       # 0: none. Wall time: the epochs, their validation and checkpoints, and the
+                                     #   set-up since `budget_clock`
+    budget_clock: float = 0.0        # time.perf_counter() when the job's budget began (its loading and set-up count
+                                     #   too); 0: when `fit` begins
     hard_deadline: bool = False      # stop mid-epoch when the budget is spent (single-epoch jobs)
     checkpoint_every_s: float = 0.0  # 0: a checkpoint after every epoch; else at most this often, and after the last
     ema_decay: float = 0.0           # 0: off
@@ -70,7 +73,9 @@ class RunState:
     epoch: int = 0
     step: int = 0
     horizon_epochs: int = 0
-    seconds: float = 0.0
+    seconds: float = 0.0             # wall time of the epochs: training, epoch-end evaluation, checkpoint writes
+    train_seconds: float = 0.0       # of which training steps alone (throughput)
+    setup_seconds: float = 0.0       # the job's time before its first epoch (each start, a resume's too)
     images_seen: int = 0
     history: list = field(default_factory=list)
 
@@ -104,6 +109,7 @@ class Trainer:
         self.state = RunState(horizon_epochs=settings.epochs)
         self.ema: EMA | None = None
         self.stopped_early = False
+        self.ending = False  # True while `end_of_epoch` is called again for an epoch the budget made the last
         self._task: Any = None  # the Task being fitted (its own state, if any, goes into the checkpoint)
         self._batch_images = 0  # images in the last batch (throughput)
         self._cpu_channels_last = settings.cpu_channels_last
@@ -137,7 +143,9 @@ class Trainer:
         """Train until the (budgeted) horizon; returns the model to evaluate and ship (the EMA one when on).
 
         `scheduler(optimizer, total_steps)` replaces warm-up + cosine with the stage's own torch
-        scheduler; `end_of_epoch(eval_model, state)` returns metrics for the history (main rank).
+        scheduler; `end_of_epoch(eval_model, state)` returns metrics for the history (main rank). One that runs
+        only every k epochs returns {} in between; when the budget then makes that epoch the last, it is called
+        again with `trainer.ending` True, so the last epoch is always evaluated.
         """
         settings = self.settings
         for group in optimizer.param_groups:
@@ -155,21 +163,39 @@ class Trainer:
                 model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         writer = self.writer if self.is_main else None
         started_run = last_save = time.perf_counter()
+        # Trick: the budget is wall time. The job's set-up before this call, and every epoch's evaluation and
+        # checkpoint, count against it (they were outside it: a 20-minute fine-tuning took 21.4 minutes)
+        if settings.budget_clock:
+            state.setup_seconds += max(0.0, started_run - settings.budget_clock)
+        saving = 0.0  # the last checkpoint write, charged to the next epoch
         while state.epoch < state.horizon_epochs:
             started = time.perf_counter()
             model.train()
             if before_epoch is not None:
                 before_epoch(model)
             losses = self._epoch(task, trainable, model, optimizer, lr_scheduler, writer, max_steps, started_run)
-            state.seconds += time.perf_counter() - started
+            trained = time.perf_counter() - started
+            state.train_seconds += trained
             state.epoch += 1
             evaluated = self.evaluation_model(model)
             record = {"epoch": state.epoch, "loss": float(np.mean(losses)) if losses else float("nan"),
-                      "lr": optimizer.param_groups[0]["lr"], "seconds": round(state.seconds, 1),
-                      "images_per_second": round(len(losses) * self._batch_images / max(time.perf_counter() - started,
-                                                                                          1e-9), 1)}
-            if end_of_epoch is not None and self.is_main:
-                record.update(end_of_epoch(evaluated, state))
+                      "lr": optimizer.param_groups[0]["lr"],
+                      "images_per_second": round(len(losses) * self._batch_images / max(trained, 1e-9), 1)}
+            metrics = end_of_epoch(evaluated, state) if end_of_epoch is not None and self.is_main else {}
+            state.seconds += time.perf_counter() - started + saving
+            # Trick: the time budget shortens the cosine horizon (before the checkpoint, so a resume sees it too)
+            state.horizon_epochs = budgeted_horizon(settings.epochs, state.epoch, state.seconds, settings.time_budget_s,
+                                                   current=state.horizon_epochs, spent_outside=state.setup_seconds)
+            last = self.stopped_early or (max_steps is not None and state.step >= max_steps) \
+                or state.epoch >= state.horizon_epochs
+            if last and not metrics and end_of_epoch is not None and self.is_main:
+                # the budget made this epoch the last after its epoch-end skipped (every-k monitors): run it as the last
+                began_end, self.ending = time.perf_counter(), True
+                metrics = end_of_epoch(evaluated, state)
+                self.ending = False
+                state.seconds += time.perf_counter() - began_end
+            record.update(metrics)
+            record["seconds"] = round(state.seconds, 1)
             state.history.append(record)
             if settings.print_epochs and self.is_main:
                 print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()}), flush=True)
@@ -177,17 +203,16 @@ class Trainer:
                 for key, value in record.items():
                     if key != "epoch" and isinstance(value, (int, float)):
                         writer.add_scalar(f"{settings.label}/epoch_{key}", value, state.epoch)
-            # Trick: the time budget shortens the cosine horizon (before the checkpoint, so a resume sees it too)
-            state.horizon_epochs = budgeted_horizon(settings.epochs, state.epoch, state.seconds, settings.time_budget_s,
-                                                   current=state.horizon_epochs)
-            last = self.stopped_early or (max_steps is not None and state.step >= max_steps) \
-                or state.epoch >= state.horizon_epochs
             # Trick: checkpoints at most every `checkpoint_every_s` (model + optimiser + EMA is 132-176 MiB at width 64,
             # 0.15-0.27 s a write: after every 1.4 s GPU epoch, ~15 % of the run); a resume replays from the last exactly
             if self.is_main and self.run_dir is not None and \
                     (last or time.perf_counter() - last_save >= settings.checkpoint_every_s):
+                began_save = time.perf_counter()
                 self._save(model, optimizer, checkpoint_meta or {})
                 last_save = time.perf_counter()
+                saving = last_save - began_save
+            else:
+                saving = 0.0
             if last:
                 break
         return self.evaluation_model(model)
@@ -229,7 +254,7 @@ class Trainer:
             if max_steps is not None and state.step >= max_steps:
                 break
             if settings.hard_deadline and settings.time_budget_s > 0 and \
-                    time.perf_counter() - started_run > settings.time_budget_s:
+                    state.setup_seconds + time.perf_counter() - started_run > settings.time_budget_s:
                 self.stopped_early = True  # Trick: a hard deadline for single-epoch jobs (schedule set for the full length)
                 break
         if bar is not self.progress:

@@ -15,9 +15,13 @@ def warmup_cosine(step: int, warmup_steps: int, total_steps: int) -> float:
 
 
 def budgeted_horizon(configured: int, epochs_done: int, seconds: float, budget_s: float,
-                     current: int | None = None) -> int:
+                     current: int | None = None, spent_outside: float = 0.0) -> int:
     """Trick: the time budget shortens the cosine horizon to the epochs that fit at the measured pace,
     so the schedule still anneals in time (never more than configured, never fewer than done).
+
+    `seconds` is the wall time of the epochs done, their validation and checkpoints included;
+    `spent_outside` is the job's time before its first epoch (loading, model set-up), which the budget
+    also pays: the budget is wall time, not training time.
 
     `current` is the horizon the run has followed so far: once it is reached, the lr has annealed to zero
     and the run is done. A slightly faster epoch must not extend it into epochs at a near-zero lr that
@@ -27,4 +31,4 @@ def budgeted_horizon(configured: int, epochs_done: int, seconds: float, budget_s
     if budget_s <= 0 or epochs_done == 0:
         return configured
     per_epoch = seconds / epochs_done
-    return max(epochs_done, min(configured, int(budget_s // per_epoch)))
+    return max(epochs_done, min(configured, int(max(0.0, budget_s - spent_outside) // per_epoch)))
