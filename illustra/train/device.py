@@ -55,6 +55,15 @@ def barrier() -> None:
         dist.barrier()
 
 
+def agreed_int(value: int, device: torch.device) -> int:
+    """Rank 0's value on every rank (the value itself outside torchrun): one decision, taken once."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return value
+    tensor = torch.tensor([int(value)], dtype=torch.int64, device=device)
+    dist.broadcast(tensor, 0)
+    return int(tensor.item())
+
+
 PRECISIONS_CPU = ("auto", "bf16", "fp32")
 
 

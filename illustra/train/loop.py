@@ -24,6 +24,7 @@ from tqdm import tqdm
 from illustra.errors import UserError
 from illustra.train.checkpoint import optimizer_tensors, restore_optimizer
 from illustra.train.device import (
+    agreed_int,
     autocast,
     compute_dtype,
     distributed,
@@ -186,6 +187,8 @@ class Trainer:
             # Trick: the time budget shortens the cosine horizon (before the checkpoint, so a resume sees it too)
             state.horizon_epochs = budgeted_horizon(settings.epochs, state.epoch, state.seconds, settings.time_budget_s,
                                                    current=state.horizon_epochs, spent_outside=state.setup_seconds)
+            if self.world > 1:  # each rank's clock differs (rank 0 validates): rank 0's horizon, or a rank hangs
+                state.horizon_epochs = agreed_int(state.horizon_epochs, self.device)
             last = self.stopped_early or (max_steps is not None and state.step >= max_steps) \
                 or state.epoch >= state.horizon_epochs
             if last and not metrics and end_of_epoch is not None and self.is_main:
