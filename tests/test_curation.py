@@ -324,6 +324,23 @@ def test_no_texture_view_where_the_frame_view_is_sure_of_too_few_of_the_drawings
     assert np.isfinite(texture_view_logits(frame, patches, owner, fast)[:-4]).all()
 
 
+def test_calm_foregrounds_are_the_drawing_labels_where_the_frame_view_is_sure_of_too_few():
+    rng = np.random.default_rng(0)
+    frame = np.array([0.99] * 6 + [0.01] * 6 + [0.5] * 30 + [0.9] * 2)  # unsure of 30; 2 voted photo, not sure
+    texture = np.array([0.3] * 6 + [0.0] * 6 + [0.0] * 20 + [0.3] * 10 + [0.0] * 2)  # 20 of the 30 are calm
+    owner = np.repeat(np.arange(len(frame)), 4)
+    patches = rng.integers(0, 256, (len(owner), 32, 32, 3), dtype=np.uint8)
+    fast = PhotoSettings(texture_steps=2, texture_batch=8, texture_rounds=1, foreground_negative_share=0.05)
+    off = texture_view_logits(frame, patches, owner, replace(fast, texture_calm_drawings=False), texture=texture)
+    assert np.isnan(off).all()  # 6 sure drawings of 38: no net
+    calm = texture_view_logits(frame, patches, owner, replace(fast, texture_calm_drawings=True), texture=texture)
+    assert np.isfinite(calm).all()  # 26 calm drawing labels of 38 (the 2 voted photos are not among them)
+    shaded = texture.copy()
+    shaded[6:] = 0.3  # no calm foreground beyond the 6 sure ones: still no net
+    assert np.isnan(texture_view_logits(frame, patches, owner, replace(fast, texture_calm_drawings=True),
+                                        texture=shaded)).all()
+
+
 def test_a_bad_texture_precision_is_refused_before_any_work():
     with pytest.raises(ValueError, match="fp16"):
         PhotoSettings.from_dict({"texture_precision_cpu": "fp16"})

@@ -88,7 +88,8 @@ class PhotoSettings:
     texture_round_logit: float  # ... a mean patch logit above this is a photo label, below minus this a drawing label
     texture_round_min_share: float  # ... and a later round runs only where the photo share estimated so far is at least this
     texture_min_drawing_share: float  # the first round trains only where its drawing labels cover at least this share
-                                      #   of the images with patches that are not photo labels
+                                      #   of the images with patches that are not photo labels ...
+    texture_calm_drawings: bool  # ... else (True) calm foregrounds the frame view does not call photos are the drawing labels
     foreground_negative_share: float  # a drawing pseudo-label also needs texture_share at most this (1: frame alone)
     texture_threshold: float  # mean patch logit above which the texture view calls a photo (before the prior shift)
     texture_prior_shift: float  # boundary += this * log((1 - share) / share), share estimated from the logits; 0: fixed
@@ -617,7 +618,15 @@ def texture_view_logits(frame_score: np.ndarray, patches: np.ndarray, owner: np.
         if min(len(np.unique(owner[labels == 1])), len(np.unique(owner[labels == 0]))) < settings.min_confident:
             break
         if not round_ and drawing_label_share(labels, owner) < settings.texture_min_drawing_share:
-            break
+            if not settings.texture_calm_drawings or texture is None:
+                break
+            # a small folder's frame view is sure of few drawings, and its score says little for an image on white:
+            # every calm foreground it does not vote a photo is a drawing label, in this round and the next
+            negative_score = np.where(np.nan_to_num(np.asarray(frame_score, float), nan=0.5) > 0.5, 1.0, 0.0)
+            labels = texture_labels(frame_score, texture, settings, None, anchor, negative_score)[owner]
+            if min(len(np.unique(owner[labels == 1])), len(np.unique(owner[labels == 0]))) < settings.min_confident \
+                    or drawing_label_share(labels, owner) < settings.texture_min_drawing_share:
+                break
         train = labels >= 0
         model = fit_texture_net(patches[train], labels[train],
                                 steps=texture_step_count(int(train.sum()), settings), batch=settings.texture_batch,
