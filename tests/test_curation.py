@@ -335,6 +335,10 @@ def test_calm_foregrounds_are_the_drawing_labels_where_the_frame_view_is_sure_of
     assert np.isnan(off).all()  # 6 sure drawings of 38: no net
     calm = texture_view_logits(frame, patches, owner, replace(fast, texture_calm_drawings=True), texture=texture)
     assert np.isfinite(calm).all()  # 26 calm drawing labels of 38 (the 2 voted photos are not among them)
+    unsure = frame.copy()
+    unsure[6:12] = 0.5  # sure of no drawing at all (fewer than min_confident): the calm ones still teach it
+    assert np.isfinite(texture_view_logits(unsure, patches, owner, replace(fast, texture_calm_drawings=True),
+                                           texture=texture)).all()
     shaded = texture.copy()
     shaded[6:] = 0.3  # no calm foreground beyond the 6 sure ones: still no net
     assert np.isnan(texture_view_logits(frame, patches, owner, replace(fast, texture_calm_drawings=True),

@@ -607,7 +607,11 @@ def texture_view_logits(frame_score: np.ndarray, patches: np.ndarray, owner: np.
     `texture_min_drawing_share` of the images with patches that are not photo labels: the frame view of a small
     folder can be sure of only a few drawings (line art without patches, a handful of flat icons), and a net that
     has seen those alone calls every shaded drawing a photo (a 180-image folder: 6 drawing labels, 54 false calls;
-    at least 0.45 in every folder of the benchmark and the photo grid; benchmarks/RESULTS.md).
+    at least 0.45 in every folder of the benchmark and the photo grid; benchmarks/RESULTS.md). With
+    `texture_calm_drawings`, such a folder (or one with fewer than `min_confident` drawing labels) first takes every
+    calm foreground that the frame view does not vote a photo as a drawing label, in both rounds: a frame score
+    says little of an image on white, which is what a small folder's drawings and cut-outs are. Only if that share
+    also falls short is no net trained (4 small folders: cut-outs 6 -> 20 of 41 called, drawings 2 -> 4 of 682).
     """
     logits = np.full(len(frame_score), np.nan)
     for round_ in range(max(1, settings.texture_rounds)):
@@ -615,18 +619,17 @@ def texture_view_logits(frame_score: np.ndarray, patches: np.ndarray, owner: np.
             break
         labels = texture_labels(frame_score, texture, settings, logits if round_ else None, anchor,
                                 negative_score)[owner]
-        if min(len(np.unique(owner[labels == 1])), len(np.unique(owner[labels == 0]))) < settings.min_confident:
-            break
-        if not round_ and drawing_label_share(labels, owner) < settings.texture_min_drawing_share:
-            if not settings.texture_calm_drawings or texture is None:
-                break
+        few_drawings = len(np.unique(owner[labels == 0])) < settings.min_confident \
+            or drawing_label_share(labels, owner) < settings.texture_min_drawing_share
+        if not round_ and few_drawings and settings.texture_calm_drawings and texture is not None:
             # a small folder's frame view is sure of few drawings, and its score says little for an image on white:
             # every calm foreground it does not vote a photo is a drawing label, in this round and the next
             negative_score = np.where(np.nan_to_num(np.asarray(frame_score, float), nan=0.5) > 0.5, 1.0, 0.0)
             labels = texture_labels(frame_score, texture, settings, None, anchor, negative_score)[owner]
-            if min(len(np.unique(owner[labels == 1])), len(np.unique(owner[labels == 0]))) < settings.min_confident \
-                    or drawing_label_share(labels, owner) < settings.texture_min_drawing_share:
-                break
+        if min(len(np.unique(owner[labels == 1])), len(np.unique(owner[labels == 0]))) < settings.min_confident:
+            break
+        if not round_ and drawing_label_share(labels, owner) < settings.texture_min_drawing_share:
+            break
         train = labels >= 0
         model = fit_texture_net(patches[train], labels[train],
                                 steps=texture_step_count(int(train.sum()), settings), batch=settings.texture_batch,
