@@ -603,7 +603,7 @@ def build_parser() -> argparse.ArgumentParser:
     pipeline.add_argument("--seed", type=int, default=0, help="benchmark seed")
     pipeline.add_argument("--retrain", action="store_true", help="retrain everything instead of reusing checkpoints/")
     pipeline.add_argument("--ssl-budget", type=budget_text, help="time budget of SSL pretraining with --retrain "
-                          "(default: the profile's, 25m on cpu, 4m on gpu)")
+                          "(default: the profile's, 25m on cpu, 5m on gpu)")
     pipeline.add_argument("--finetune-budget", type=budget_text, help="time budget of fine-tuning with --retrain "
                           "(default: the profile's, 20m on cpu, 3m on gpu)")
     pipeline.set_defaults(run=_cmd_pipeline)
