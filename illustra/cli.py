@@ -114,8 +114,13 @@ def _cmd_curate(args: argparse.Namespace) -> int:
     summary = curate(args.data, args.out, _work(args), args.encoder, settings, _data_cache_spec(_work(args)), jobs)
     anchors = summary.get("photo_anchors")
     steps = summary.get("texture_view_steps")
-    texture = (f", texture view {steps} steps" if steps else
-               ", texture view not trained: too few sure examples" if settings.photos.texture_view else "")
+    examples = summary.get("texture_examples") or {}
+    taught = (f" on {examples['photos']} photo and {examples['drawings']} drawing examples"
+              + (" (calm foregrounds: the frame view was sure of too few drawings)"
+                 if examples["drawings_from"] == "calm foregrounds" else "")) if examples else ""
+    counts = f" ({examples['photos']} photo, {examples['drawings']} drawing)" if examples else ""
+    texture = (f", texture view {steps} steps{taught}" if steps else
+               f", texture view not trained: too few sure examples{counts}" if settings.photos.texture_view else "")
     evidence = "" if anchors is None else (f" ({anchors} anchors" + (
         f"{texture})" if anchors >= settings.photos.min_anchors else ": too few for the relative views, only they are called)"))
     print(f"files {summary['files']}, usable {summary['usable']}, blank {summary['blank']}; duplicate groups "

@@ -331,10 +331,15 @@ def test_calm_foregrounds_are_the_drawing_labels_where_the_frame_view_is_sure_of
     owner = np.repeat(np.arange(len(frame)), 4)
     patches = rng.integers(0, 256, (len(owner), 32, 32, 3), dtype=np.uint8)
     fast = PhotoSettings(texture_steps=2, texture_batch=8, texture_rounds=1, foreground_negative_share=0.05)
-    off = texture_view_logits(frame, patches, owner, replace(fast, texture_calm_drawings=False), texture=texture)
+    record: dict = {}
+    off = texture_view_logits(frame, patches, owner, replace(fast, texture_calm_drawings=False), texture=texture,
+                              examples=record)
     assert np.isnan(off).all()  # 6 sure drawings of 38: no net
-    calm = texture_view_logits(frame, patches, owner, replace(fast, texture_calm_drawings=True), texture=texture)
+    assert not record["calm"] and list(record["label"]) == [1] * 6 + [0] * 6 + [-1] * 32  # what it would have had
+    calm = texture_view_logits(frame, patches, owner, replace(fast, texture_calm_drawings=True), texture=texture,
+                               examples=record)
     assert np.isfinite(calm).all()  # 26 calm drawing labels of 38 (the 2 voted photos are not among them)
+    assert record["calm"] and list(record["label"]) == [1] * 6 + [0] * 26 + [-1] * 10 + [-1] * 2  # the record says so
     unsure = frame.copy()
     unsure[6:12] = 0.5  # sure of no drawing at all (fewer than min_confident): the calm ones still teach it
     assert np.isfinite(texture_view_logits(unsure, patches, owner, replace(fast, texture_calm_drawings=True),
@@ -609,9 +614,17 @@ def test_curate_writes_every_output_and_never_touches_data(fixture_bench, tmp_pa
     assert {p: p.read_bytes() for p in data.rglob("*") if p.is_file()} == before
     photos = pd.read_csv(tmp_path / "cur" / "photos.csv")
     assert list(photos.columns) == ["path", "file_id", "photo_score", "is_photo", "photo_anchor", "frame_score",
-                                    "patch_logit", "texture_boundary", "photo_support", "photo_support_needed",
-                                    "photo_promoted"]
+                                    "patch_logit", "texture_boundary", "texture_example", "texture_calm_examples",
+                                    "photo_support", "photo_support_needed", "photo_promoted"]
     assert photos["photo_score"].between(0, 1).all()
+    taught = summary["texture_examples"]  # what the texture view was taught is on record, per row and in total
+    assert taught == {"photos": int((photos["texture_example"] == 1).sum()),
+                      "drawings": int((photos["texture_example"] == 0).sum()),
+                      "drawings_from": "calm foregrounds" if photos["texture_calm_examples"].any() else "frame view"}
+    assert set(photos["texture_example"]) <= {-1, 0, 1}
+    if taught["photos"] or taught["drawings"]:  # the report shows them, so a photo taught as a drawing can be seen
+        assert "the texture view&#x27;s drawing examples" in (tmp_path / "cur" / "report.html").read_text() or \
+            "the texture view's drawing examples" in (tmp_path / "cur" / "report.html").read_text()
     assert any((tmp_path / "cur" / "tb").glob("events.out.tfevents.*"))  # the texture view's loss curve
     trained = photos["patch_logit"].notna().any()  # its length is on record: 60 steps a round, in curation.json too
     assert (summary["texture_view_steps"] in (60, 120)) if trained else summary["texture_view_steps"] == 0

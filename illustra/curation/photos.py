@@ -313,9 +313,13 @@ def detect_photos(stats: pd.DataFrame, embeddings: np.ndarray | None, settings: 
         return out
     frame_vote = frame_votes(out["frame_score"].to_numpy(), stats, settings)
     if settings.texture_view and patches is not None and owner is not None and len(patches):
+        examples: dict = {}
         out["patch_logit"] = texture_view_logits(frame_vote, patches, owner, settings, progress, writer,
                                                  stats["texture_share"].to_numpy(), anchor,
-                                                 negative_score=out["frame_score"].to_numpy())
+                                                 negative_score=out["frame_score"].to_numpy(), examples=examples)
+        if examples:  # what the first net was taught, per row, and where its drawing examples came from
+            out["texture_example"] = examples["label"]
+            out["texture_calm_examples"] = examples["calm"]
     boundary, share = texture_boundary(out["patch_logit"].to_numpy(), settings)
     out["texture_boundary"], out["photo_share_estimate"] = boundary, share
     frame_vote = np.where(np.isnan(frame_vote), np.nan, np.fmax(frame_vote, anchor.astype(float)))
@@ -350,7 +354,8 @@ def no_photo_columns(index: pd.Index) -> pd.DataFrame:
     return pd.DataFrame({"photo_score": np.nan, "is_photo": False, "photo_cluster": -1, "frame_score": np.nan,
                          "patch_logit": np.nan, "texture_boundary": np.nan, "photo_share_estimate": np.nan,
                          "photo_anchor": False, "frame_vote": np.nan, "photo_support": np.nan,
-                         "photo_support_needed": np.nan, "photo_promoted": False}, index=index)
+                         "photo_support_needed": np.nan, "photo_promoted": False, "texture_example": -1,
+                         "texture_calm_examples": False}, index=index)
 
 
 def fills_frame(stats: pd.DataFrame, settings: PhotoSettings = PhotoSettings()) -> np.ndarray:
@@ -592,8 +597,12 @@ def drawing_label_share(labels: np.ndarray, owner: np.ndarray) -> float:
 def texture_view_logits(frame_score: np.ndarray, patches: np.ndarray, owner: np.ndarray,
                         settings: PhotoSettings = PhotoSettings(), progress=None, writer=None,
                         texture: np.ndarray | None = None, anchor: np.ndarray | None = None,
-                        negative_score: np.ndarray | None = None) -> np.ndarray:
+                        negative_score: np.ndarray | None = None, examples: dict | None = None) -> np.ndarray:
     """Mean patch logit per row from a TextureNet trained on pseudo-labels (`texture_labels`; NaN: no patch).
+
+    `examples`, if given, is filled with what the first net was taught (or would have been, had it trained):
+    `label` per row (1 photo example, 0 drawing example, -1 neither or no patch) and `calm` (whether the drawing
+    examples are the calm foregrounds of `texture_calm_drawings`, below), so that a report can say so.
 
     `texture` is each row's `texture_share` (None: the frame view alone labels); `anchor` and
     `negative_score` go to `texture_labels`. All NaN when either side
@@ -617,15 +626,22 @@ def texture_view_logits(frame_score: np.ndarray, patches: np.ndarray, owner: np.
     for round_ in range(max(1, settings.texture_rounds)):
         if round_ and not photo_share_estimate(logits) >= settings.texture_round_min_share:
             break
-        labels = texture_labels(frame_score, texture, settings, logits if round_ else None, anchor,
-                                negative_score)[owner]
+        per_image = texture_labels(frame_score, texture, settings, logits if round_ else None, anchor,
+                                   negative_score)
+        labels = per_image[owner]
         few_drawings = len(np.unique(owner[labels == 0])) < settings.min_confident \
             or drawing_label_share(labels, owner) < settings.texture_min_drawing_share
-        if not round_ and few_drawings and settings.texture_calm_drawings and texture is not None:
+        calm = not round_ and few_drawings and settings.texture_calm_drawings and texture is not None
+        if calm:
             # a small folder's frame view is sure of few drawings, and its score says little for an image on white:
             # every calm foreground it does not vote a photo is a drawing label, in this round and the next
             negative_score = np.where(np.nan_to_num(np.asarray(frame_score, float), nan=0.5) > 0.5, 1.0, 0.0)
-            labels = texture_labels(frame_score, texture, settings, None, anchor, negative_score)[owner]
+            per_image = texture_labels(frame_score, texture, settings, None, anchor, negative_score)
+            labels = per_image[owner]
+        if not round_ and examples is not None:
+            with_patch = np.zeros(len(frame_score), bool)
+            with_patch[owner] = True
+            examples.update(label=np.where(with_patch, per_image, -1), calm=bool(calm))
         if min(len(np.unique(owner[labels == 1])), len(np.unique(owner[labels == 0]))) < settings.min_confident:
             break
         if not round_ and drawing_label_share(labels, owner) < settings.texture_min_drawing_share:

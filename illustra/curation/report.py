@@ -211,6 +211,9 @@ def _photo_evidence(manifest: pd.DataFrame):
                 parts.append("(not frame-filling: the frame view has no say)")
         if pd.notna(manifest.at[r, "patch_logit"]):
             parts.append(f"texture view {manifest.at[r, 'patch_logit']:+.1f}")
+        if "texture_example" in manifest and manifest.at[r, "texture_example"] in (0, 1):
+            parts.append(f"a {'photo' if manifest.at[r, 'texture_example'] == 1 else 'drawing'} example of the "
+                         "texture view")
         promoted = "photo_promoted" in manifest and bool(manifest.at[r, "photo_promoted"])
         if "photo_support" in manifest and pd.notna(manifest.at[r, "photo_support"]):
             needed = (f" (a {'promotion' if promoted else 'texture-view-only call'} needs "
@@ -258,12 +261,17 @@ def photos_section(manifest: pd.DataFrame, pixels: np.ndarray) -> str:
     threshold = float(boundaries.iloc[0]) if len(boundaries) else 0.0
     shares = scored["photo_share_estimate"].dropna() if "photo_share_estimate" in scored else pd.Series(dtype=float)
     has_patch = scored["patch_logit"].notna()
+    example = scored["texture_example"].fillna(-1) if "texture_example" in scored else pd.Series(-1, scored.index)
+    calm = "texture_calm_examples" in scored and scored["texture_calm_examples"].fillna(False).astype(bool).any()
+    taught = f"{int((example == 1).sum())} photo and {int((example == 0).sum())} drawing examples"
     if not has_patch.any():
         share = ("<b>In this folder the texture view did not train</b>: the frame view was sure of too few examples "
                  "(fewer than <code>photos.min_confident</code> on a side, or drawing examples for less than "
                  "<code>photos.texture_min_drawing_share</code> of the images with patches that are no photo "
                  "example, as in a small folder, where a net taught so few drawings calls every shaded one a "
-                 "photo), so the frame view and the anchors call the photos alone.")
+                 f"photo; here {taught}"
+                 + (", with every calm foreground the frame view does not vote a photo as a drawing example"
+                    if calm else "") + "), so the frame view and the anchors call the photos alone.")
     elif len(shares):
         share = (f"From its outputs alone the texture view estimates that {100 * float(shares.iloc[0]):.1f} % of this "
                  "folder are photos; the rarer photos are, the more evidence a call needs, so its boundary (dashed "
@@ -312,7 +320,12 @@ def photos_section(manifest: pd.DataFrame, pixels: np.ndarray) -> str:
             "like a full-frame one. Its examples are chosen without labels: photos are the anchors and the "
             "frame-filling images the frame view is sure of; drawings are images the frame view is sure of "
             "<i>and</i> whose foreground is calm, so a "
-            "cut-out the frame view mistakes for a drawing is never taught as one (where the first net "
+            "cut-out the frame view mistakes for a drawing is never taught as one"
+            + (" (<b>in this folder the frame view was sure of too few drawings, so every image with a calm "
+               "foreground that the frame view does not vote a photo was a drawing example</b>, "
+               "<code>photos.texture_calm_drawings</code>: a small folder's drawings and cut-outs sit on white, where "
+               "a frame score says little)" if calm and has_patch.any() else "")
+            + f"; here {taught}, samples below (where the first net "
             "estimates at least <code>photos.texture_round_min_share</code> photos, a second net also learns "
             "from the first's confident calls). It trains on equal numbers of both in every batch, so its logit "
             f"reads as evidence at even odds. {share} A call of the texture view alone is withdrawn when too few of "
@@ -332,8 +345,26 @@ def photos_section(manifest: pd.DataFrame, pixels: np.ndarray) -> str:
             f"{_thumbs(manifest, pixels, scored[frame_only].sort_values('frame_score', ascending=False).index, why=why)}"
             f"<h4>least photo-like</h4>{_thumbs(manifest, pixels, order.index, why=why)}"
             f"<h4>borderline (score near 0.5)</h4>{_thumbs(manifest, pixels, border, why=why)}"
+            f"{_example_thumbs(manifest, pixels, scored, example, why)}"
             f"<h4>HDBSCAN clusters</h4>{''.join(clusters)}")
     return section("photos", "Photos", body)
+
+
+def _example_thumbs(manifest: pd.DataFrame, pixels: np.ndarray, scored: pd.DataFrame, example: pd.Series,
+                    why) -> str:
+    """The texture view's examples, the least sure first: a photo among the drawing examples (or the reverse)
+    was taught the wrong way, and these are where it would show."""
+    if not (example >= 0).any():
+        return ""
+    logit = scored["patch_logit"].fillna(0)
+    drawings = logit[example == 0].sort_values(ascending=False).index
+    photos = logit[example == 1].sort_values().index
+    trained = scored["patch_logit"].notna().any()
+    order = ("the most photo-like by its logit first", "the least photo-like first") if trained else ("no net trained",) * 2
+    return (f"<h4>the texture view's drawing examples ({len(drawings)}; {order[0]})</h4>"
+            f"{_thumbs(manifest, pixels, drawings, why=why)}"
+            f"<h4>the texture view's photo examples ({len(photos)}; {order[1]})</h4>"
+            f"{_thumbs(manifest, pixels, photos, why=why)}")
 
 
 def problems_section(manifest: pd.DataFrame) -> str:

@@ -79,6 +79,11 @@ def curate(data: str | Path, out: str | Path, work: str | Path, encoder: str | P
     _write_outputs(out, manifest, pairs)
     summary = _summary(manifest, classes, pairs, timings, started, settings.imbalance_plan or _finetune_plan())
     summary["texture_view_steps"] = context.shared.get("texture_view_steps")  # None: the photo job did not run
+    if summary["texture_view_steps"] is not None and "texture_example" in manifest:  # what the first net was taught
+        example = manifest["texture_example"].fillna(-1).to_numpy()
+        summary["texture_examples"] = {"photos": int((example == 1).sum()), "drawings": int((example == 0).sum()),
+                                       "drawings_from": "calm foregrounds" if manifest["texture_calm_examples"].fillna(
+                                           False).astype(bool).any() else "frame view"}
     (out / "curation.json").write_text(json.dumps({**summary, "index": index_identity(work), "settings": {
         "duplicates": settings.duplicates.to_dict(), "photos": settings.photos.to_dict()}}, indent=2), encoding="utf-8")
     if "report" in jobs:
@@ -115,7 +120,8 @@ def _write_outputs(out: Path, manifest: pd.DataFrame, pairs: pd.DataFrame) -> No
                               a_id=ids[pairs["a"]], b_id=ids[pairs["b"]])
     pair_table.to_csv(out / "duplicate_pairs.csv", index=False)
     photo_columns = ["path", "file_id", "photo_score", "is_photo", "photo_anchor", "frame_score", "patch_logit",
-                     "texture_boundary", "photo_support", "photo_support_needed", "photo_promoted"]
+                     "texture_boundary", "texture_example", "texture_calm_examples", "photo_support",
+                     "photo_support_needed", "photo_promoted"]
     manifest[[c for c in photo_columns if c in manifest]].to_csv(out / "photos.csv", index=False, float_format="%.4f")
     problem_rows = manifest.loc[manifest["cache_row"] < 0, ["path", "reason"]]
     blank = manifest[manifest["is_blank"].astype(bool)][["path"]].assign(reason="blank: almost no ink (< 0.2 % dark)")
