@@ -243,6 +243,28 @@ def test_chunked_forward_shuffles_the_views_and_puts_each_projection_back_in_its
                  progress=False)
 
 
+def test_small_views_train_an_encoder_that_is_read_at_its_input_size(tiny_pixels, tmp_path):
+    from illustra.train.loop import LoopSettings, Trainer
+
+    pixels, labels = tiny_pixels
+    small = TINY.__class__(**{**TINY.__dict__, "view_size": 12, "epochs": 12, "lr": 1e-2})
+    trainer = Trainer(LoopSettings(epochs=1, steps_per_epoch=1, seed=3), progress=False)
+    task = SimCLRTask(torch.from_numpy(np.ascontiguousarray(pixels)).permute(0, 3, 1, 2), small, trainer, 1)
+    views = next(task.batches(0, trainer.random, trainer.device))[0]
+    assert views.shape[-2:] == (12, 12)  # SimCLR's views at view_size ...
+    summary = pretrain(pixels, labels, tmp_path, small, PRE, progress=False)
+    losses = [h["loss"] for h in summary["history"]]
+    assert np.mean(losses[-3:]) < np.mean(losses[:3]) - 0.2, losses  # 12 px views: noisier, so means of three
+    meta = read_metadata(tmp_path / "encoder.safetensors")  # ... and the file read at the encoder's input size
+    assert meta["architecture"]["input_size"] == meta["preprocessing"]["input_size"] == 16
+    assert meta["training"]["config"]["view_size"] == 12
+    for size in (7, 40):  # smaller than a usable view, or larger than the 32 px cache: refused before any work
+        with pytest.raises(UserError, match="view_size"):
+            pretrain(pixels, labels, tmp_path / "bad", TINY.__class__(**{**TINY.__dict__, "view_size": size}), PRE,
+                     progress=False)
+    assert not (tmp_path / "bad").exists()
+
+
 def test_multi_crop_pretraining_learns_and_records_its_views(tiny_pixels, tmp_path):
     pixels, labels = tiny_pixels
     config = TINY.__class__(**{**TINY.__dict__, "epochs": 20, "lr": 1e-2, "local_crops": 2, "local_size": 12})
