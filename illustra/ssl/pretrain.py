@@ -156,8 +156,9 @@ def view_size(config: PretrainConfig) -> int:
 
     Trick (FixRes, Touvron et al. 2019, as a speed lever): on a CPU short of compute, views of 24 px cost about
     0.57x those of 32 px, so 1.7x the epochs fit a budget, and the encoder, fully convolutional, is then read at
-    32 px, where random-resized-crop training shows objects larger than whole images do (float32 CPU, 25 min:
-    kNN macro-F1 0.375 -> 0.451 with lr 0.016 + DCL + temperature 0.1; benchmarks/RESULTS.md)."""
+    32 px, where random-resized-crop training shows objects larger than whole images do (float32 CPU, 10 min of
+    lr 0.016 + DCL + temperature 0.1: 12 epochs instead of 7, kNN macro-F1 0.350 -> 0.389; off by default, its
+    classifier does not gain; benchmarks/RESULTS.md, "SimCLR's views smaller than the encoder's reading size")."""
     return int(config.view_size) or int(config.encoder.input_size)
 
 
