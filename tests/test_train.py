@@ -437,6 +437,83 @@ class ConvTask:
         return nn.functional.cross_entropy(model(images).float(), target)
 
 
+class SlowInTask(ConvTask):
+    """ConvTask whose step is slower by `delay` seconds in one precision: what the precision probe must see."""
+
+    def __init__(self, slow: str, delay: float = 0.03) -> None:
+        self.slow, self.delay, self.precisions = slow, delay, []
+
+    def loss(self, model, batch):
+        precision = "bf16" if torch.is_autocast_enabled("cpu") else "fp32"
+        self.precisions.append(precision)
+        if precision == self.slow:
+            time.sleep(self.delay)
+        return super().loss(model, batch)
+
+
+def conv_net() -> nn.Module:
+    return nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                         nn.Flatten(), nn.Linear(16, 2))
+
+
+def fit_conv(task, run_dir=None, probe=True, bf16=True, epochs=3, resume=False,
+             max_steps=None) -> tuple[Trainer, nn.Module]:
+    settings = LoopSettings(epochs=epochs, steps_per_epoch=6, seed=0, label="probe", device="cpu", cpu_bf16=bf16,
+                            cpu_precision_probe=probe, cpu_channels_last=True)
+    trainer = Trainer(settings, run_dir, progress=False)
+    model = trainer.prepare(conv_net())
+    trainer.fit(task, model, torch.optim.AdamW(model.parameters(), lr=0.02), resume=resume, max_steps=max_steps)
+    return trainer, model
+
+
+@pytest.mark.parametrize("slow", ["bf16", "fp32"])
+def test_precision_probe_trains_in_the_faster_precision_and_leaves_the_run_as_it_was(slow, monkeypatch):
+    import illustra.train.loop as loop
+
+    monkeypatch.setattr(loop, "_PROBED", {})
+    task = SlowInTask(slow)
+    trainer, model = fit_conv(task)
+    chosen = "fp32" if slow == "bf16" else "bf16"
+    assert trainer.precision == chosen and trainer.state.precision == chosen
+    assert task.precisions[:2 * loop.PROBE_ROUNDS].count("bf16") == loop.PROBE_ROUNDS  # both timed, alternating
+    assert set(task.precisions[2 * loop.PROBE_ROUNDS:]) == {chosen}  # then every training step in the faster one
+    probe = trainer.state.precision_probe
+    assert (probe["bf16_s"] > probe["fp32_s"]) == (slow == "bf16")
+    # the probe moved nothing: the same run with the chosen precision fixed gives the same weights and losses
+    plain_trainer, plain = fit_conv(SlowInTask(slow, 0.0), probe=False, bf16=chosen == "bf16")
+    assert [h["loss"] for h in trainer.state.history] == [h["loss"] for h in plain_trainer.state.history]
+    for (name, mine), theirs in zip(model.state_dict().items(), plain.state_dict().values()):
+        assert torch.equal(mine, theirs), name  # batch norm's running statistics included
+
+
+def test_precision_probe_choice_survives_a_resume(tmp_path, monkeypatch):
+    import illustra.train.loop as loop
+
+    monkeypatch.setattr(loop, "_PROBED", {})
+    first, _ = fit_conv(SlowInTask("bf16"), tmp_path, epochs=4, max_steps=12)  # stopped after 2 of 4 epochs
+    assert first.precision == "fp32"
+    saved = read_metadata(tmp_path / CHECKPOINT)
+    assert saved["state"]["precision"] == "fp32"
+    monkeypatch.setattr(loop, "_PROBED", {})  # a new process, on a machine where bf16 now looks faster
+    task = SlowInTask("fp32")
+    resumed, _ = fit_conv(task, tmp_path, epochs=4, resume=True)
+    assert resumed.state.epoch == 4 and len(task.precisions) == 12
+    assert resumed.precision == "fp32" and set(task.precisions) == {"fp32"}  # no probe: the run's choice holds
+
+
+def test_precision_probe_runs_only_for_auto_on_a_cpu_with_native_bf16(monkeypatch):
+    import illustra.train.device as device
+
+    monkeypatch.setattr(device, "cpu_has_bf16", lambda: True)
+    assert device.cpu_precision_probe("auto") and not device.cpu_precision_probe("bf16")
+    assert not device.cpu_precision_probe("fp32")
+    monkeypatch.setattr(device, "cpu_has_bf16", lambda: False)
+    assert not device.cpu_precision_probe("auto")
+    task = SlowInTask("fp32")
+    trainer, _ = fit_conv(task, probe=False)  # `precision_cpu: bf16` pinned: no probe, bf16 throughout
+    assert trainer.precision == "bf16" and set(task.precisions) == {"bf16"} and not trainer.state.precision_probe
+
+
 @pytest.mark.parametrize("bf16", [False, True])
 def test_cpu_bf16_autocast_trains_a_conv_net_and_keeps_float32_weights(bf16):
     settings = LoopSettings(epochs=3, steps_per_epoch=6, seed=0, label="bf16", device="cpu", cpu_bf16=bf16,

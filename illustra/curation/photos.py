@@ -32,7 +32,7 @@ from illustra.curation.duplicates import nearest_neighbours
 from illustra.curation.texture import fit_texture_net, foreground_patches, image_means, patch_logits
 from illustra.data.imageio import load_image
 from illustra.data.index import ordered_map
-from illustra.train.device import cpu_bf16
+from illustra.train.device import cpu_bf16, cpu_precision_probe
 
 STAT_COLUMNS = ("foreground_share", "flat_share", "soft_edge_share", "sharp_edge_share", "colour_log_count",
                 "texture_share")
@@ -651,7 +651,8 @@ def texture_view_logits(frame_score: np.ndarray, patches: np.ndarray, owner: np.
                                 steps=texture_step_count(int(train.sum()), settings), batch=settings.texture_batch,
                                 learning_rate=settings.texture_lr, seconds=settings.texture_seconds,
                                 seed=settings.seed + round_, progress=progress, writer=writer,
-                                width=settings.texture_width, cpu_bf16=cpu_bf16(settings.texture_precision_cpu))
+                                width=settings.texture_width, cpu_bf16=cpu_bf16(settings.texture_precision_cpu),
+                                precision_probe=cpu_precision_probe(settings.texture_precision_cpu))
         logits = image_means(owner, patch_logits(model, patches), len(frame_score))
     return logits
 

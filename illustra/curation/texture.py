@@ -94,7 +94,8 @@ class TextureTask:
 
 def fit_texture_net(patches: np.ndarray, labels: np.ndarray, steps: int = 1500, batch: int = 128,
                     learning_rate: float = 2e-3, seconds: float = 600.0, seed: int = 0, progress=None,
-                    writer=None, width: int = 16, cpu_bf16: bool = False) -> TextureNet:
+                    writer=None, width: int = 16, cpu_bf16: bool = False,
+                    precision_probe: bool = False) -> TextureNet:
     """Train a TextureNet on patches labelled 1 (photo) / 0 (drawing), classes balanced in every batch.
 
     Augmentation: flips, quarter turns, a JPEG round trip (quality 60-95) on half the patches, and colour
@@ -102,10 +103,12 @@ def fit_texture_net(patches: np.ndarray, labels: np.ndarray, steps: int = 1500, 
     `writer` (a TensorBoard SummaryWriter) gets the loss every 25 steps, `progress` (a tqdm bar) a tick per step.
     The training core runs it: one epoch of `steps`, torch's one-cycle schedule, a hard deadline at
     `seconds` (the schedule is set for `steps`), CUDA when there is one, channels_last on CPU too (measured
-    23 % faster there, benchmarks/texture_speed.py), bf16 autocast on CUDA and with `cpu_bf16` (1.7x on 2 Zen 4 cores).
+    23 % faster there, benchmarks/texture_speed.py), bf16 autocast on CUDA and with `cpu_bf16`
+    (1.7x on 2 Zen 4 cores; with `precision_probe` only where a timed step says bf16 is clearly faster on this CPU).
     """
     settings = LoopSettings(epochs=1, steps_per_epoch=steps, seed=seed, time_budget_s=seconds, hard_deadline=True,
-                            label="texture_view", log_every=25, cpu_channels_last=True, cpu_bf16=cpu_bf16)
+                            label="texture_view", log_every=25, cpu_channels_last=True, cpu_bf16=cpu_bf16,
+                            cpu_precision_probe=precision_probe)
     trainer = Trainer(settings, progress=progress if progress is not None else False, writer=writer)
     model = trainer.prepare(TextureNet(width))
     optimiser = torch.optim.AdamW(model.parameters(), learning_rate, weight_decay=1e-4)

@@ -28,7 +28,7 @@ from illustra.finetune.mixstyle import MixStyle
 from illustra.finetune.model import TTA, Classifier, predict_proba, save_classifier
 from illustra.ssl.augment import ViewConfig, make_view, to_float
 from illustra.ssl.encoder import Encoder, EncoderConfig, load_encoder
-from illustra.train.device import barrier, cpu_bf16
+from illustra.train.device import barrier, cpu_bf16, cpu_precision_probe
 from illustra.train.loop import CHECKPOINT, LoopSettings, Trainer, tensorboard_writer
 from illustra.train.random import rand
 
@@ -202,7 +202,8 @@ def finetune(train_images: np.ndarray, train_labels: np.ndarray, val_images: np.
                             budget_clock=budget_clock or time.perf_counter(),
                             checkpoint_every_s=config.checkpoint_every_s,
                             ema_decay=config.ema_decay, label="finetune", cpu_channels_last=config.channels_last_cpu,
-                            cpu_bf16=cpu_bf16(config.precision_cpu))
+                            cpu_bf16=cpu_bf16(config.precision_cpu),
+                            cpu_precision_probe=cpu_precision_probe(config.precision_cpu))
     trainer = Trainer(settings, run_dir, progress=progress)  # seeds everything: the head's init is reproducible too
     trainer.writer = tensorboard_writer(run_dir) if trainer.is_main else None
     model, architecture = build_model(config, len(classes), encoder_path)
@@ -244,7 +245,8 @@ def finetune(train_images: np.ndarray, train_labels: np.ndarray, val_images: np.
     training = {"config": config.to_dict(), "epochs": state.epoch, "seconds": round(state.seconds, 1),
                 "train_seconds": round(state.train_seconds, 1), "setup_seconds": round(state.setup_seconds, 1),
                 "train_images": int(len(train_labels)), "encoder": str(encoder_path) if config.mode != "scratch" else None,
-                "device": str(trainer.device), "precision": trainer.precision, "world_size": trainer.world,
+                "device": str(trainer.device), "precision": trainer.precision,
+                "precision_probe": trainer.state.precision_probe, "world_size": trainer.world,
                 "profile": config.profile or "custom", "history": state.history}
     if trainer.is_main:
         save_classifier(run_dir / CLASSIFIER, final.cpu(), classes, architecture, preprocessing, training)

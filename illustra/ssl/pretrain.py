@@ -27,7 +27,7 @@ from illustra.errors import UserError
 from illustra.ssl.augment import ViewConfig, make_view, to_float
 from illustra.ssl.encoder import Encoder, EncoderConfig, load_encoder
 from illustra.ssl.knn import knn_monitor
-from illustra.train.device import barrier, cpu_bf16, distributed, full_precision
+from illustra.train.device import barrier, cpu_bf16, cpu_precision_probe, distributed, full_precision
 from illustra.train.loop import LoopSettings, RunState, Trainer, tensorboard_writer
 from illustra.train.random import device_generator, rand
 from illustra.weights import save_weights
@@ -301,7 +301,8 @@ def pretrain(
                             budget_clock=budget_clock, label="ssl",
                             checkpoint_every_s=config.checkpoint_every_s, ema_decay=config.ema_decay,
                             cpu_channels_last=config.channels_last_cpu,
-                            cpu_bf16=cpu_bf16(config.precision_cpu), print_epochs=True)
+                            cpu_bf16=cpu_bf16(config.precision_cpu),
+                            cpu_precision_probe=cpu_precision_probe(config.precision_cpu), print_epochs=True)
     trainer = Trainer(settings, run_dir, progress=progress)
     trainer.writer = tensorboard_writer(run_dir) if trainer.is_main else None
     model = trainer.prepare(SimCLR(config))
@@ -328,6 +329,7 @@ def pretrain(
                 "view_images_per_second": round(state.images_seen / state.train_seconds if state.train_seconds
                                                 else 0.0, 1),
                 "world_size": trainer.world, "device": str(trainer.device), "precision": trainer.precision,
+                "precision_probe": trainer.state.precision_probe,
                 "profile": config.profile or "custom", "config": config.to_dict(), "history": state.history}
     if trainer.is_main:
         export_encoder(run_dir / ENCODER_FILE, model.encoder, config, preprocessing, training)

@@ -74,11 +74,18 @@ def cpu_has_bf16() -> bool:
 
 
 def cpu_bf16(precision_cpu: str) -> bool:
-    """Resolve a config's `precision_cpu`: bf16, fp32, or auto (bf16 where the CPU has native bf16)."""
+    """Resolve a config's `precision_cpu`: bf16, fp32, or auto (bf16 considered where the CPU has native bf16; the
+    training core then times both and keeps the faster, `cpu_precision_probe`)."""
     precision_cpu = str(precision_cpu).lower()
     if precision_cpu not in PRECISIONS_CPU:
         raise DeviceError(f"precision_cpu must be one of {', '.join(PRECISIONS_CPU)}, not {precision_cpu!r}")
     return precision_cpu == "bf16" or (precision_cpu == "auto" and cpu_has_bf16())
+
+
+def cpu_precision_probe(precision_cpu: str) -> bool:
+    """True for `precision_cpu: auto`: where the CPU has native bf16, the training core times a step in bf16 and in
+    float32 and trains in bf16 only where it is clearly faster (a CPU flag is no promise of speed)."""
+    return cpu_bf16(precision_cpu) and str(precision_cpu).lower() == "auto"
 
 
 def compute_dtype(device: torch.device, cpu_bf16: bool = False) -> torch.dtype:

@@ -38,6 +38,9 @@ from illustra.train.schedule import budgeted_horizon, warmup_cosine
 from illustra.weights import load_weights, save_weights, with_prefix
 
 CHECKPOINT = "checkpoint.safetensors"
+PROBE_ROUNDS = 4     # the CPU precision probe: a warm-up round, then the fastest of three steps in each precision
+PROBE_MARGIN = 0.85  # bf16 (less exact) only where its step takes under 85 % of float32's: clear of timing noise
+_PROBED: dict = {}   # this process's probe results, by model and batch shapes
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,8 @@ class LoopSettings:
     log_every: int = 10              # steps between TensorBoard points
     cpu_channels_last: bool = False  # channels_last on CPU too (only where it measured faster)
     cpu_bf16: bool = False           # bf16 autocast on CPU too (`precision_cpu`; only with native bf16)
+    cpu_precision_probe: bool = False  # with cpu_bf16 (`precision_cpu: auto`): time a step in bf16 and in float32
+                                     #   before the first epoch and train in bf16 only where it is clearly faster
     device: str | None = None        # None: --device / ILLUSTRA_DEVICE, else auto
     print_epochs: bool = False       # one JSON line per epoch on the main rank
 
@@ -79,6 +84,8 @@ class RunState:
     setup_seconds: float = 0.0       # the job's time before its first epoch (each start, a resume's too)
     images_seen: int = 0
     history: list = field(default_factory=list)
+    precision: str = ""              # what the run trains in on this device (bf16 | fp32), fixed at its first start
+    precision_probe: dict = field(default_factory=dict)  # the probe's seconds a step, when it ran
 
 
 class Task(Protocol):
@@ -114,6 +121,7 @@ class Trainer:
         self._task: Any = None  # the Task being fitted (its own state, if any, goes into the checkpoint)
         self._batch_images = 0  # images in the last batch (throughput)
         self._cpu_channels_last = settings.cpu_channels_last
+        self._cpu_bf16 = settings.cpu_bf16
 
     @property
     def is_main(self) -> bool:
@@ -122,7 +130,7 @@ class Trainer:
     @property
     def precision(self) -> str:
         """What the forward passes compute in: bf16 (autocast on CUDA, or on the CPU with `cpu_bf16`) or fp32."""
-        return "bf16" if compute_dtype(self.device, self.settings.cpu_bf16) == torch.bfloat16 else "fp32"
+        return "bf16" if compute_dtype(self.device, self._cpu_bf16) == torch.bfloat16 else "fp32"
 
     def prepare(self, model: nn.Module) -> nn.Module:
         """The model on the run's device, in the memory format the device wants.
@@ -157,6 +165,11 @@ class Trainer:
         if resume and self.run_dir is not None and (self.run_dir / CHECKPOINT).exists():
             self._restore(model, optimizer)
         state = self.state
+        if state.precision and self._probing:  # a resume trains on in the precision its run chose
+            self._cpu_bf16 = state.precision == "bf16"
+        elif self._probing:
+            self._probe_cpu_precision(task, model)
+        state.precision = self.precision
         lr_scheduler = scheduler(optimizer, settings.epochs * settings.steps_per_epoch) if scheduler else None
         trainable = model
         if self.world > 1:  # Trick: DDP under torchrun (gradients averaged across ranks, buffers from rank 0)
@@ -233,7 +246,7 @@ class Trainer:
                 factor = warmup_cosine(state.step, warmup, state.horizon_epochs * settings.steps_per_epoch)
                 for group in optimizer.param_groups:
                     group["lr"] = group["base_lr"] * factor
-            with autocast(self.device, settings.cpu_bf16):  # Trick: bf16 autocast on CUDA (and native-bf16 CPUs)
+            with autocast(self.device, self._cpu_bf16):  # Trick: bf16 autocast on CUDA (and native-bf16 CPUs, where faster)
                 loss = task.loss(trainable, batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -263,6 +276,48 @@ class Trainer:
         if bar is not self.progress:
             bar.close()
         return torch.stack(losses).float().cpu().tolist() if losses else []
+
+    @property
+    def _probing(self) -> bool:
+        return self.device.type == "cpu" and self.settings.cpu_bf16 and self.settings.cpu_precision_probe
+
+    def _probe_cpu_precision(self, task, model: nn.Module) -> None:
+        """Trick (cudnn.benchmark's idea, for the CPU's precision): native bf16 is no promise of speed. bf16 autocast
+        is 1.7x float32 on 2 Zen 4 cores, yet 0.8x on 2 Intel Xeon (family 6 model 207) cores with the same
+        AVX512-BF16 flag (benchmarks/RESULTS.md). So time this run's own step (forward + backward of its first batch)
+        in both, and train in bf16 only where it is at least `1 / PROBE_MARGIN` as fast; float32 otherwise.
+
+        Nothing of the run moves: the batch's random draws, the weights and buffers (batch norm statistics) and a
+        task's own state are put back, and no optimiser step is taken. The choice is kept per process for the same
+        model and batch shapes (so two runs of one process agree) and in the checkpoint (a resume keeps it); under
+        torchrun rank 0's choice holds."""
+        random_tensors, random_meta = self.random.state()
+        task_state = task.state_tensors() if hasattr(task, "state_tensors") else None
+        weights = {key: value.clone() for key, value in model.state_dict().items()}
+        batch = next(iter(task.batches(self.state.epoch, self.random, self.device)))
+        key = (type(model).__name__, tuple(tuple(p.shape) for p in model.parameters()), _shapes(batch), self.world)
+        if key not in _PROBED:
+            seconds: dict[bool, list[float]] = {False: [], True: []}
+            for _ in range(PROBE_ROUNDS):  # alternating, so that a slow moment of the machine hits both
+                for bf16 in (False, True):
+                    began = time.perf_counter()
+                    with autocast(self.device, bf16):
+                        loss = task.loss(model, batch)
+                    loss.backward()
+                    seconds[bf16].append(time.perf_counter() - began)
+                    model.zero_grad(set_to_none=True)
+            fastest = {bf16: min(times[1:]) for bf16, times in seconds.items()}  # the first round warms caches
+            _PROBED[key] = (fastest[True] < PROBE_MARGIN * fastest[False], fastest)
+        choice, fastest = _PROBED[key]
+        model.load_state_dict(weights)
+        self.random.restore(random_tensors, random_meta)
+        if task_state is not None:
+            task.load_state_tensors(task_state)
+        self._cpu_bf16 = bool(agreed_int(int(choice), self.device))
+        self.state.precision_probe = {"bf16_s": round(fastest[True], 4), "fp32_s": round(fastest[False], 4)}
+        if self.is_main and (self.progress or self.settings.print_epochs):
+            tqdm.write(f"{self.settings.label}: a step takes {1000 * fastest[True]:.0f} ms in bf16, "
+                       f"{1000 * fastest[False]:.0f} ms in float32 on this CPU: training in {self.precision}")
 
     def evaluation_model(self, model: nn.Module) -> nn.Module:
         """The EMA weights in a copy of the model (or the model itself), eval mode."""
@@ -295,6 +350,17 @@ class Trainer:
         self.state = RunState(**meta["state"])
         if self.is_main:
             print(f"resumed {self.settings.label} from epoch {self.state.epoch} (step {self.state.step})", flush=True)
+
+
+def _shapes(batch: Any) -> Any:
+    """The tensor shapes of a batch (nested tuples, lists and dicts), as a hashable key."""
+    if isinstance(batch, torch.Tensor):
+        return tuple(batch.shape)
+    if isinstance(batch, (tuple, list)):
+        return tuple(_shapes(item) for item in batch)
+    if isinstance(batch, dict):
+        return tuple((key, _shapes(value)) for key, value in sorted(batch.items()))
+    return None
 
 
 def tensorboard_writer(run_dir: str | Path):
