@@ -47,6 +47,7 @@ from illustra.ssl.pretrain import (
     pretrain,
 )
 from illustra.train.checkpoint import optimizer_tensors, restore_optimizer
+from illustra.train.device import cpu_has_bf16
 from illustra.weights import read_metadata
 
 TINY = PretrainConfig(encoder=EncoderConfig(width=8, stages=2, input_size=16), epochs=3, batch_size=16,
@@ -398,5 +399,7 @@ def test_ddp_two_processes_on_cpu_with_gloo(fixture_bench, tmp_path, local_crops
     assert done.returncode == 0, done.stderr[-3000:]
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["world_size"] == 2 and metrics["epochs"] == 2 and metrics["profile"] == "cpu"
+    # on a CPU with native bf16 the precision probe ran on both ranks, gathered negatives and all, without a hang
+    assert bool(metrics["precision_probe"]) == cpu_has_bf16() and metrics["precision"] in ("bf16", "fp32")
     assert read_metadata(tmp_path / "run" / "encoder.safetensors")["profile"] == "cpu"  # picked from the device
     assert (tmp_path / "run" / "encoder.safetensors").exists()
