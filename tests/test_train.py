@@ -442,13 +442,22 @@ class SlowInTask(ConvTask):
 
     def __init__(self, slow: str, delay: float = 0.03) -> None:
         self.slow, self.delay, self.precisions = slow, delay, []
+        self.memory: torch.Tensor | None = None  # state of its own, updated in place as NNCLR's bank is
 
     def loss(self, model, batch):
         precision = "bf16" if torch.is_autocast_enabled("cpu") else "fp32"
         self.precisions.append(precision)
         if precision == self.slow:
             time.sleep(self.delay)
+        seen = batch[0].mean().detach().reshape(1)
+        self.memory = seen.clone() if self.memory is None else self.memory.add_(seen)
         return super().loss(model, batch)
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        return {} if self.memory is None else {"memory": self.memory}
+
+    def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        self.memory = tensors["memory"].clone() if "memory" in tensors else None
 
 
 def conv_net() -> nn.Module:
@@ -480,8 +489,10 @@ def test_precision_probe_trains_in_the_faster_precision_and_leaves_the_run_as_it
     probe = trainer.state.precision_probe
     assert (probe["bf16_s"] > probe["fp32_s"]) == (slow == "bf16")
     # the probe moved nothing: the same run with the chosen precision fixed gives the same weights and losses
-    plain_trainer, plain = fit_conv(SlowInTask(slow, 0.0), probe=False, bf16=chosen == "bf16")
+    plain_task = SlowInTask(slow, 0.0)
+    plain_trainer, plain = fit_conv(plain_task, probe=False, bf16=chosen == "bf16")
     assert [h["loss"] for h in trainer.state.history] == [h["loss"] for h in plain_trainer.state.history]
+    assert torch.equal(task.memory, plain_task.memory)  # the task's own state too
     for (name, mine), theirs in zip(model.state_dict().items(), plain.state_dict().values()):
         assert torch.equal(mine, theirs), name  # batch norm's running statistics included
 

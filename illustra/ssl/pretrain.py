@@ -251,6 +251,8 @@ class SimCLRTask:
         if "nn_bank" in tensors:
             self.bank = tensors["nn_bank"].to(self.trainer.device, torch.float32)
             self.bank_filled, self.bank_next = (int(v) for v in tensors["nn_bank_pointer"])
+        else:  # saved before the bank existed (or put back after the training core's precision probe): empty
+            self.bank, self.bank_filled, self.bank_next = None, 0, 0
 
     def remember(self, projections: torch.Tensor) -> None:
         """Write this batch's projections into the bank, first in, first out."""

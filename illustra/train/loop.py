@@ -84,7 +84,8 @@ class RunState:
     setup_seconds: float = 0.0       # the job's time before its first epoch (each start, a resume's too)
     images_seen: int = 0
     history: list = field(default_factory=list)
-    precision: str = ""              # what the run trains in on this device (bf16 | fp32), fixed at its first start
+    precision: str = ""              # what the run trains in (bf16 | fp32), fixed at its first start ...
+    precision_device: str = ""       # ... on this kind of device (a resume elsewhere decides afresh)
     precision_probe: dict = field(default_factory=dict)  # the probe's seconds a step, when it ran
 
 
@@ -165,11 +166,15 @@ class Trainer:
         if resume and self.run_dir is not None and (self.run_dir / CHECKPOINT).exists():
             self._restore(model, optimizer)
         state = self.state
-        if state.precision and self._probing:  # a resume trains on in the precision its run chose
-            self._cpu_bf16 = state.precision == "bf16"
-        elif self._probing:
-            self._probe_cpu_precision(task, model)
-        state.precision = self.precision
+        if self._probing:
+            if state.precision and state.precision_device == self.device.type:  # a resume keeps its run's choice
+                self._cpu_bf16 = state.precision == "bf16"
+            else:
+                began_probe = time.perf_counter()
+                self._probe_cpu_precision(task, model)
+                if not settings.budget_clock:  # the probe's seconds count against the budget (hard deadlines too)
+                    state.setup_seconds += time.perf_counter() - began_probe
+        state.precision, state.precision_device = self.precision, self.device.type
         lr_scheduler = scheduler(optimizer, settings.epochs * settings.steps_per_epoch) if scheduler else None
         trainable = model
         if self.world > 1:  # Trick: DDP under torchrun (gradients averaged across ranks, buffers from rank 0)
@@ -289,14 +294,20 @@ class Trainer:
 
         Nothing of the run moves: the batch's random draws, the weights and buffers (batch norm statistics) and a
         task's own state are put back, and no optimiser step is taken. The choice is kept per process for the same
-        model and batch shapes (so two runs of one process agree) and in the checkpoint (a resume keeps it); under
-        torchrun rank 0's choice holds."""
+        model, trainable parameters, batch shapes and threads (so two runs of one process agree; not under torchrun,
+        where every rank probes so that the loss's collectives match) and in the checkpoint (a resume on the same
+        kind of device keeps it); under torchrun rank 0's choice holds."""
         random_tensors, random_meta = self.random.state()
-        task_state = task.state_tensors() if hasattr(task, "state_tensors") else None
+        task_state = {key: value.clone() for key, value in task.state_tensors().items()} \
+            if hasattr(task, "state_tensors") else None  # copies: a task may update its tensors in place
         weights = {key: value.clone() for key, value in model.state_dict().items()}
-        batch = next(iter(task.batches(self.state.epoch, self.random, self.device)))
-        key = (type(model).__name__, tuple(tuple(p.shape) for p in model.parameters()), _shapes(batch), self.world)
-        if key not in _PROBED:
+        batch = next(iter(task.batches(self.state.epoch, self.random, self.device)), None)
+        if batch is None:  # no batch to time: the config's precision stands
+            self.random.restore(random_tensors, random_meta)
+            return
+        key = (type(model).__name__, tuple((tuple(p.shape), p.requires_grad) for p in model.parameters()),
+               _shapes(batch), torch.get_num_threads())
+        if self.world > 1 or key not in _PROBED:  # under torchrun every rank probes: the same collectives on each
             seconds: dict[bool, list[float]] = {False: [], True: []}
             for _ in range(PROBE_ROUNDS):  # alternating, so that a slow moment of the machine hits both
                 for bf16 in (False, True):
@@ -348,6 +359,10 @@ class Trainer:
         if hasattr(self._task, "load_state_tensors"):
             self._task.load_state_tensors(with_prefix(tensors, "task"))
         self.state = RunState(**meta["state"])
+        if not self.state.precision:  # written before the precision probe: it trained as the settings said, go on so
+            self.state.precision = "bf16" if compute_dtype(self.device, self.settings.cpu_bf16) == torch.bfloat16 \
+                else "fp32"
+            self.state.precision_device = self.device.type
         if self.is_main:
             print(f"resumed {self.settings.label} from epoch {self.state.epoch} (step {self.state.step})", flush=True)
 
