@@ -301,29 +301,30 @@ class Trainer:
         task_state = {key: value.clone() for key, value in task.state_tensors().items()} \
             if hasattr(task, "state_tensors") else None  # copies: a task may update its tensors in place
         weights = {key: value.clone() for key, value in model.state_dict().items()}
-        batch = next(iter(task.batches(self.state.epoch, self.random, self.device)), None)
-        if batch is None:  # no batch to time: the config's precision stands
+        try:
+            batch = next(iter(task.batches(self.state.epoch, self.random, self.device)), None)
+            if batch is None:  # no batch to time: the config's precision stands
+                return
+            key = (type(model).__name__, tuple((tuple(p.shape), p.requires_grad) for p in model.parameters()),
+                   _shapes(batch), torch.get_num_threads())
+            if self.world > 1 or key not in _PROBED:  # under torchrun every rank probes: the same collectives on each
+                seconds: dict[bool, list[float]] = {False: [], True: []}
+                for _ in range(PROBE_ROUNDS):  # alternating, so that a slow moment of the machine hits both
+                    for bf16 in (False, True):
+                        began = time.perf_counter()
+                        with autocast(self.device, bf16):
+                            loss = task.loss(model, batch)
+                        loss.backward()
+                        seconds[bf16].append(time.perf_counter() - began)
+                        model.zero_grad(set_to_none=True)
+                fastest = {bf16: min(times[1:]) for bf16, times in seconds.items()}  # the first round warms caches
+                _PROBED[key] = (fastest[True] < PROBE_MARGIN * fastest[False], fastest)
+            choice, fastest = _PROBED[key]
+        finally:  # the run as it was, whatever happened above
+            model.load_state_dict(weights)
             self.random.restore(random_tensors, random_meta)
-            return
-        key = (type(model).__name__, tuple((tuple(p.shape), p.requires_grad) for p in model.parameters()),
-               _shapes(batch), torch.get_num_threads())
-        if self.world > 1 or key not in _PROBED:  # under torchrun every rank probes: the same collectives on each
-            seconds: dict[bool, list[float]] = {False: [], True: []}
-            for _ in range(PROBE_ROUNDS):  # alternating, so that a slow moment of the machine hits both
-                for bf16 in (False, True):
-                    began = time.perf_counter()
-                    with autocast(self.device, bf16):
-                        loss = task.loss(model, batch)
-                    loss.backward()
-                    seconds[bf16].append(time.perf_counter() - began)
-                    model.zero_grad(set_to_none=True)
-            fastest = {bf16: min(times[1:]) for bf16, times in seconds.items()}  # the first round warms caches
-            _PROBED[key] = (fastest[True] < PROBE_MARGIN * fastest[False], fastest)
-        choice, fastest = _PROBED[key]
-        model.load_state_dict(weights)
-        self.random.restore(random_tensors, random_meta)
-        if task_state is not None:
-            task.load_state_tensors(task_state)
+            if task_state is not None:
+                task.load_state_tensors(task_state)
         self._cpu_bf16 = bool(agreed_int(int(choice), self.device))
         self.state.precision_probe = {"bf16_s": round(fastest[True], 4), "fp32_s": round(fastest[False], 4)}
         if self.is_main and (self.progress or self.settings.print_epochs):
@@ -360,9 +361,7 @@ class Trainer:
             self._task.load_state_tensors(with_prefix(tensors, "task"))
         self.state = RunState(**meta["state"])
         if not self.state.precision:  # written before the precision probe: it trained as the settings said, go on so
-            self.state.precision = "bf16" if compute_dtype(self.device, self.settings.cpu_bf16) == torch.bfloat16 \
-                else "fp32"
-            self.state.precision_device = self.device.type
+            self.state.precision, self.state.precision_device = self.precision, self.device.type
         if self.is_main:
             print(f"resumed {self.settings.label} from epoch {self.state.epoch} (step {self.state.step})", flush=True)
 
