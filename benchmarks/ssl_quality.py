@@ -1,5 +1,9 @@
 """Representation quality of SSL encoders on the benchmark: kNN (k=20) and linear probe, vs random init.
 
+kNN is on features centred on the bank's mean (CL2N, `illustra.ssl.knn.centre`; the project's kNN since
+2026-12-07), with the plain read-out of the L2-normalised features beside it ("plain", every kNN figure
+recorded before that date).
+
     python benchmarks/ssl_quality.py --bench work/bench --work work/index \
         --encoders work/ssl_main/snapshots/*.safetensors work/ssl_main/encoder.safetensors [--loso]
     python benchmarks/ssl_quality.py --bench work/bench --work work/index --encoders E.safetensors --readouts
@@ -56,13 +60,14 @@ def labelled_split(bench: Path, manifest, test_share: float = 0.2, seed: int = 0
     return np.array(rows), np.array(labels), np.array(is_test), np.array(styles)
 
 
-def loso_knn(features: np.ndarray, labels: np.ndarray, styles: np.ndarray, balanced: bool = False) -> dict[str, float]:
-    """kNN macro-F1 per held-out style group, the bank holding the other styles only."""
+def loso_knn(features: np.ndarray, labels: np.ndarray, styles: np.ndarray, balanced: bool = False,
+             centred: bool = True) -> dict[str, float]:
+    """kNN macro-F1 per held-out style group, the bank holding the other styles only (centred on its mean)."""
     scores = {}
     for holdout, members in HOLDOUTS.items():
         held = np.isin(styles, members)
         scores[holdout] = knn_scores(features[~held], labels[~held], features[held], labels[held], k=20,
-                                     balanced=balanced)["knn_macro_f1"]
+                                     balanced=balanced, centred=centred)["knn_macro_f1"]
     return scores
 
 
@@ -74,6 +79,8 @@ def evaluate(encoder, images: torch.Tensor, labels: np.ndarray, is_test: np.ndar
     embed_seconds = time.perf_counter() - started
     train, test = features[~is_test], features[is_test]
     scores = knn_scores(train, labels[~is_test], test, labels[is_test], k=20)
+    scores["plain_knn_macro_f1"] = knn_scores(train, labels[~is_test], test, labels[is_test], k=20,
+                                              centred=False)["knn_macro_f1"]
     scores.update(linear_probe_scores(train, labels[~is_test], test, labels[is_test]))
     scores["embed_images_per_second"] = len(images) / embed_seconds
     if balanced_vote:
@@ -83,6 +90,8 @@ def evaluate(encoder, images: torch.Tensor, labels: np.ndarray, is_test: np.ndar
         per_style = loso_knn(features, labels, styles)
         scores.update({f"loso_{holdout}": value for holdout, value in per_style.items()})
         scores["loso_knn_macro_f1"] = float(np.mean(list(per_style.values())))
+        scores["plain_loso_knn_macro_f1"] = float(np.mean(list(loso_knn(features, labels, styles,
+                                                                        centred=False).values())))
         if balanced_vote:
             scores["balanced_loso_knn_macro_f1"] = float(np.mean(list(loso_knn(features, labels, styles, True).values())))
     return scores
@@ -153,20 +162,24 @@ def main() -> None:
         name = "/".join(Path(path).parts[-2:])  # the run folder tells runs apart
         candidates.append((f"{name} (epoch {epochs})", encoder, meta["architecture"]))
     styled = styles if args.loso else None
-    loso_head = " | kNN LOSO " + " | ".join(HOLDOUTS) + " | kNN LOSO mean" if args.loso else ""
+    loso_head = (" | kNN LOSO " + " | ".join(HOLDOUTS) + " | kNN LOSO mean | kNN LOSO mean, plain"
+                 if args.loso else "")
     balanced_head = (" | kNN macro-F1, balanced vote" + (" | kNN LOSO mean, balanced vote" if args.loso else "")
                      if args.balanced_vote else "")
-    extra = ((len(HOLDOUTS) + 1) if args.loso else 0) + ((1 + args.loso) if args.balanced_vote else 0)
-    print(f"| encoder | kNN top-1 | kNN macro-F1 | probe top-1 | probe macro-F1{loso_head}{balanced_head} |")
-    print("| --- | ---: | ---: | ---: | ---: |" + " ---: |" * extra)
+    extra = ((len(HOLDOUTS) + 2) if args.loso else 0) + ((1 + args.loso) if args.balanced_vote else 0)
+    print(f"| encoder | kNN top-1 | kNN macro-F1 | kNN macro-F1, plain | probe top-1 | probe macro-F1{loso_head}"
+          f"{balanced_head} |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |" + " ---: |" * extra)
     sized = [(f"{name} at {size} px" if args.embed_sizes else name, encoder, size)
              for name, encoder, arch in candidates for size in (args.embed_sizes or [arch["input_size"]])]
     for name, encoder, size in sized:
         s = evaluate(encoder, images, labels, is_test, size, styled, args.balanced_vote)
-        loso = "".join(f" | {s[f'loso_{h}']:.4f}" for h in HOLDOUTS) + f" | {s['loso_knn_macro_f1']:.4f}" if args.loso else ""
+        loso = ("".join(f" | {s[f'loso_{h}']:.4f}" for h in HOLDOUTS) + f" | {s['loso_knn_macro_f1']:.4f}"
+                f" | {s['plain_loso_knn_macro_f1']:.4f}" if args.loso else "")
         balanced = (f" | {s['balanced_knn_macro_f1']:.4f}" + (f" | {s['balanced_loso_knn_macro_f1']:.4f}" if args.loso else "")
                     if args.balanced_vote else "")
-        print(f"| {name} | {s['knn_top1']:.4f} | {s['knn_macro_f1']:.4f} | {s['probe_top1']:.4f} "
+        print(f"| {name} | {s['knn_top1']:.4f} | {s['knn_macro_f1']:.4f} | {s['plain_knn_macro_f1']:.4f} "
+              f"| {s['probe_top1']:.4f} "
               f"| {s['probe_macro_f1']:.4f}{loso}{balanced} |", flush=True)
 
 

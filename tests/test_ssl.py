@@ -403,3 +403,35 @@ def test_ddp_two_processes_on_cpu_with_gloo(fixture_bench, tmp_path, local_crops
     assert bool(metrics["precision_probe"]) == cpu_has_bf16() and metrics["precision"] in ("bf16", "fp32")
     assert read_metadata(tmp_path / "run" / "encoder.safetensors")["profile"] == "cpu"  # picked from the device
     assert (tmp_path / "run" / "encoder.safetensors").exists()
+
+
+def test_centred_knn_reads_past_the_mean_direction_that_relu_features_share(tiny_pixels):
+    from illustra.ssl.embed import embed_tensor
+    from illustra.ssl.knn import centre, knn_predict
+
+    pixels, labels = tiny_pixels
+    torch.manual_seed(0)
+    encoder = Encoder(EncoderConfig(width=8, stages=2, input_size=16))
+    features = embed_tensor(encoder, torch.from_numpy(np.ascontiguousarray(pixels)).permute(0, 3, 1, 2), 16)
+    bank, queries, bank_y = features[::2], features[1::2], labels[::2]
+    off_diagonal = ~np.eye(len(bank), dtype=bool)
+    assert (bank @ bank.T)[off_diagonal].mean() > 0.8  # pooled ReLU features: every pair looks alike
+    centred_bank, centred_queries = centre(bank, queries)
+    assert np.allclose(np.linalg.norm(centred_queries, axis=1), 1, atol=1e-5)
+    assert abs((centred_bank @ centred_bank.T)[off_diagonal].mean()) < 0.2  # not 0: each is normalised again
+    assert np.array_equal(centre(bank, queries[:3])[0], centred_bank)  # the bank's mean: queries change nothing
+    shift = np.random.default_rng(0).normal(size=bank.shape[1]).astype(np.float32) * 5
+    centred = knn_predict(bank, bank_y, queries, k=5)  # an offset shared by every feature is removed
+    assert np.array_equal(knn_predict(bank + shift, bank_y, queries + shift, k=5), centred)
+    assert (centred == labels[1::2]).mean() > 0.5  # a random net already tells the fixture's shapes apart (chance 1/6)
+
+
+def test_knn_monitor_records_the_centred_and_the_plain_read_out(tiny_pixels, tmp_path):
+    pixels, labels = tiny_pixels
+    summary = pretrain(pixels, labels, tmp_path, TINY.__class__(**{**TINY.__dict__, "epochs": 2, "knn_every": 1}),
+                       PRE, progress=False)
+    monitored = [h for h in summary["history"] if "knn_macro_f1" in h]
+    assert len(monitored) == 2
+    for row in monitored:
+        assert {"knn_top1", "knn_macro_f1", "knn_top1_plain", "knn_macro_f1_plain"} <= set(row)
+        assert 0 <= row["knn_macro_f1"] <= 1 and 0 <= row["knn_macro_f1_plain"] <= 1

@@ -96,7 +96,8 @@ def execute_run(plan: Plan, run: Run, out: Path, curation: Path, work: Path, cac
         "val_macro_f1": history[-1]["val_macro_f1"] if history else float("nan"),
         "best_val_macro_f1": max((h["val_macro_f1"] for h in history if "val_macro_f1" in h), default=float("nan")),
         "epochs": metrics["epochs"], "train_images": metrics["train_images"],
-        "train_seconds": metrics["seconds"], "wall_seconds": round(wall, 1),
+        "train_seconds": metrics.get("train_seconds", metrics["seconds"]),  # the training steps alone
+        "budget_seconds": metrics["seconds"], "wall_seconds": round(wall, 1),  # + validation, checkpoints; + all
         "images_per_second": round(float(np.mean([h["images_per_second"] for h in history])), 1) if history else 0.0,
         "per_class_f1": metrics["test_per_class_f1"], "confusion": metrics["test_confusion"],
         "history": history, "overrides": run.overrides,

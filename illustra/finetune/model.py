@@ -13,7 +13,7 @@ from torch import nn
 from illustra.data.cache import CacheSpec, fit_square
 from illustra.ssl.augment import normalise, resize_batch, to_float
 from illustra.ssl.encoder import Encoder, EncoderConfig
-from illustra.train.device import for_inference
+from illustra.train.device import for_inference, inference_batch
 from illustra.weights import load_weights, save_weights, with_prefix
 
 # Test-time augmentation: the class probabilities of these views are averaged. none: the whole square; flip: and its
@@ -113,7 +113,7 @@ def predict_proba(model: Classifier, squares: torch.Tensor, input_size: int, bat
     64 ran 1.5x the rate of 256 on 2 Zen 4 cores, with the same probabilities (benchmarks/RESULTS.md)."""
     check_views(tta, resample)
     device = next(model.parameters()).device
-    batch_size = batch_size or (64 if device.type == "cpu" else 256)
+    batch_size = batch_size or inference_batch(device, cuda=256)
     out = []
     for start in range(0, len(squares), batch_size):
         views = eval_views(to_float(squares[start:start + batch_size].to(device)), input_size, tta, resample)
