@@ -148,7 +148,7 @@ def main() -> None:
     first, meta = load_encoder(args.encoders[0])
     architecture = meta["architecture"]
     if args.readouts:
-        print("| read-out | kNN top-1 | kNN macro-F1 | kNN LOSO mean |")
+        print("| read-out (centred on the bank's mean) | kNN top-1 | kNN macro-F1 | kNN LOSO mean |")
         print("| --- | ---: | ---: | ---: |")
         for name, features in readout_features(first, images, architecture["input_size"]).items():
             scores = knn_scores(features[~is_test], labels[~is_test], features[is_test], labels[is_test], k=20)

@@ -129,6 +129,14 @@ def test_tiny_plan_runs_resumes_and_reports(curated, tmp_path, monkeypatch):
     monkeypatch.setattr(runner, "finetune_folder", must_not_train)
     again = runner.run_plan(plan, out, tmp / "cur", tmp / "work", progress=False, log=lambda *_: None)
     assert again["test_macro_f1"].tolist() == summary["test_macro_f1"].tolist()
+    assert (summary["train_seconds"] <= summary["budget_seconds"]).all()  # steps alone; + validation, checkpoints
+    done = out / "runs" / "baseline-s0" / runner.RESULT  # a result written before budget_seconds existed ...
+    old = json.loads(done.read_text())
+    old["train_seconds"] = old.pop("budget_seconds")
+    done.write_text(json.dumps(old))
+    older = runner.run_plan(plan, out, tmp / "cur", tmp / "work", progress=False, log=lambda *_: None)
+    assert older.iloc[0]["budget_seconds"] == summary.iloc[0]["budget_seconds"]  # ... reads as one written now
+    assert older.iloc[0]["train_seconds"] == summary.iloc[0]["train_seconds"]
 
 
 @pytest.mark.parametrize("profile", ["cpu", "gpu"])

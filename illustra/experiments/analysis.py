@@ -23,7 +23,8 @@ def _stats(rows: pd.DataFrame, column: str) -> dict:
         return {"mean": float("nan"), "range": 0.0, "runs": 0, "seconds": float("nan")}
     values = rows[column].to_numpy(dtype=float)
     return {"mean": float(values.mean()), "range": float(values.max() - values.min()) if len(values) > 1 else 0.0,
-            "runs": int(len(values)), "seconds": float(rows["train_seconds"].mean())}
+            "runs": int(len(values)),  # a level's cost: the budget clock, validation (e.g. its TTA views) included
+            "seconds": float(rows["budget_seconds" if "budget_seconds" in rows else "train_seconds"].mean())}
 
 
 def analyse(summary: pd.DataFrame, plan: Plan) -> dict:

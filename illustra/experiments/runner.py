@@ -76,6 +76,7 @@ def execute_run(plan: Plan, run: Run, out: Path, curation: Path, work: Path, cac
     if done.exists():
         result = json.loads(done.read_text(encoding="utf-8"))
         if result.get("key") == key:
+            _older_timing(result, run_dir)
             return _with_loso(plan, run, result, run_dir, curation, work, cache, styles, log)
         shutil.rmtree(run_dir)  # the plan changed this run: start it again
     config, data, encoder_spec = resolve_config(plan, run)
@@ -124,6 +125,17 @@ def _with_loso(plan: Plan, run: Run, result: dict, run_dir: Path, curation: Path
     return result
 
 
+def _older_timing(result: dict, run_dir: Path) -> None:
+    """A result written before 2026-12-07 holds the budget clock (training + validation + checkpoints) under
+    `train_seconds`: move it to `budget_seconds`, and take the training steps from the run's metrics.json."""
+    if "budget_seconds" in result:
+        return
+    result["budget_seconds"] = result["train_seconds"]
+    metrics = run_dir / "metrics.json"
+    steps = json.loads(metrics.read_text(encoding="utf-8")).get("train_seconds") if metrics.exists() else None
+    result["train_seconds"] = float("nan") if steps is None else steps
+
+
 def summary_frame(results: list[dict]) -> pd.DataFrame:
     """One row per run: factor, level, seed, scores, time, throughput, per-class F1 columns."""
     rows = []
@@ -131,6 +143,7 @@ def summary_frame(results: list[dict]) -> pd.DataFrame:
         row = {k: r[k] for k in ("run", "factor", "level", "seed", "test_macro_f1", "test_micro_f1", "val_macro_f1",
                                  "best_val_macro_f1", "epochs", "train_images", "train_seconds", "wall_seconds",
                                  "images_per_second")}
+        row["budget_seconds"] = r.get("budget_seconds", r["train_seconds"])
         row["loso_macro_f1"] = r.get("loso_macro_f1", float("nan"))
         row.update({f"loso_{name}": value for name, value in (r.get("loso_per_style") or {}).items()})
         row.update({f"f1_{name}": value for name, value in r["per_class_f1"].items()})
