@@ -40,8 +40,8 @@ def knn_predict(bank: np.ndarray, bank_labels: np.ndarray, queries: np.ndarray, 
     if balanced:
         counts = np.bincount(bank_labels[bank_labels >= 0], minlength=classes).astype(np.float32)
         scale = torch.from_numpy(np.where(counts > 0, counts.mean() / np.maximum(counts, 1), 0.0).astype(np.float32))
-    bank_t, query_t = torch.from_numpy(bank), torch.from_numpy(queries)
-    labels_t = torch.from_numpy(bank_labels).long()
+    bank_t, query_t = torch.tensor(np.asarray(bank, np.float32)), torch.tensor(np.asarray(queries, np.float32))
+    labels_t = torch.tensor(np.asarray(bank_labels, np.int64))  # copies: the inputs may be read-only views
     predictions = []
     for start in range(0, len(query_t), 1024):
         similarity = query_t[start:start + 1024] @ bank_t.T
