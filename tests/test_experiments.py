@@ -120,6 +120,10 @@ def test_tiny_plan_runs_resumes_and_reports(curated, tmp_path, monkeypatch):
     assert (out / "runs" / "baseline-s0" / "config.yaml").exists() and (out / "runs" / "baseline-s0" / "tb").exists()
     analysis = json.loads((out / "analysis.json").read_text())
     assert analysis["factors"][0]["factor"] == "photos" and analysis["text"]
+    ratio = analysis["factors"][0]["levels"][1]["time_ratio"]  # a level's time over the baseline's, or NaN where
+    assert ratio != ratio or 0.05 < ratio < 20  # a tiny run's clock reads 0 s (it was 1e8 x)
+    kept = analysis["factors"][0]["levels"][1]
+    assert kept["verdict"].startswith("no change") if kept["delta_test"] == 0 else "no change" not in kept["verdict"]
     report = (out / "report.html").read_text()
     assert "What mattered" in report and "data:image/png;base64" in report and "http" not in report.split("<body>")[1]
 

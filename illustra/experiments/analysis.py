@@ -56,7 +56,7 @@ def analyse(summary: pd.DataFrame, plan: Plan) -> dict:
                             "seed_range": test["range"], "runs": test["runs"], "verdict": _verdict(delta, noise),
                             "loso": loso["mean"], "delta_loso": delta_loso,
                             "loso_verdict": _verdict(delta_loso, loso_noise) if loso["runs"] else "not measured",
-                            "time_ratio": test["seconds"] / max(base_test["seconds"], 1e-9)})
+                            "time_ratio": _ratio(test["seconds"], base_test["seconds"])})
         chosen = _choose(entries, noise)
         measured = [e for e in entries if not np.isnan(e["loso"])]
         chosen_loso = _choose(measured, loso_noise, "loso") if len(measured) > 1 and measured[0]["baseline"] else None
@@ -76,6 +76,8 @@ def analyse(summary: pd.DataFrame, plan: Plan) -> dict:
 def _verdict(delta: float, noise: float) -> str:
     """'helps' / 'hurts' when the effect exceeds the baseline's seed range, else 'within seed noise'."""
     if np.isnan(noise):
+        if delta == 0:
+            return "no change (no seed spread measured)"
         return ("helps" if delta > 0 else "hurts") + " (no seed spread measured)"
     if abs(delta) <= noise:
         return "within seed noise"
@@ -88,6 +90,11 @@ def _choose(entries: list[dict], noise: float, score: str = "val") -> str:
     best = max(entries, key=lambda e: e[score])
     margin = 0.0 if np.isnan(noise) else noise
     return best["level"] if best[f"delta_{score}"] > margin else entries[0]["level"]
+
+
+def _ratio(seconds: float, base_seconds: float) -> float:
+    """A level's time over the baseline's; NaN where either was not measured or is below the clock's 0.1 s."""
+    return seconds / base_seconds if seconds > 0 and base_seconds > 0 else float("nan")
 
 
 def _cost(ratio: float) -> str:
