@@ -12,12 +12,11 @@ into a dev bank and dev queries, so that `ssl_quality.py`'s test part is not use
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import numpy as np
 import torch
-from ssl_quality import labelled_split
+from ssl_quality import encoder_bench_parser, labelled_split
 
 from illustra.data.cache import CacheSpec, open_pixels
 from illustra.data.manifest import load_manifest
@@ -55,12 +54,8 @@ def dev_knn(features: np.ndarray, labels: np.ndarray, bank: np.ndarray, queries:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--bench", required=True, type=Path)
-    parser.add_argument("--work", required=True, type=Path)
-    parser.add_argument("--encoders", nargs="+", required=True)
-    parser.add_argument("--cache-size", type=int, default=64)
-    args = parser.parse_args()
+    """Print one row per encoder, pooling, centring and square root."""
+    args = encoder_bench_parser().parse_args()
     manifest = load_manifest(args.work)
     rows, labels, is_test, _ = labelled_split(args.bench, manifest)
     _, _, dev_query, _ = labelled_split(args.bench, manifest, seed=1)

@@ -124,13 +124,19 @@ def readout_features(encoder, images: torch.Tensor, input_size: int, batch_size:
     return {name: torch.cat(chunks).numpy() for name, chunks in parts.items()}
 
 
-def main() -> None:
-    """Print one row per encoder (random init first)."""
+def encoder_bench_parser() -> argparse.ArgumentParser:
+    """The arguments every encoder benchmark on the benchmark split takes (here and in knn_readout.py)."""
     parser = argparse.ArgumentParser()
     parser.add_argument("--bench", required=True, type=Path)
     parser.add_argument("--work", required=True, type=Path)
     parser.add_argument("--encoders", nargs="+", required=True)
     parser.add_argument("--cache-size", type=int, default=64)
+    return parser
+
+
+def main() -> None:
+    """Print one row per encoder (random init first)."""
+    parser = encoder_bench_parser()
     parser.add_argument("--loso", action="store_true", help="also kNN leave-one-style-out (bank: the other styles)")
     parser.add_argument("--readouts", action="store_true",
                         help="instead: kNN of other read-outs of the first encoder (stage before the last, both, flips)")
