@@ -33,9 +33,8 @@ def pooled(encoder, images: torch.Tensor, input_size: int, pool: str, batch_size
     encoder.eval()
     out = []
     for start in range(0, len(images), batch_size):
-        hidden = encoder.stem(normalise(resize_batch(to_float(images[start:start + batch_size]), input_size)))
-        for block in encoder.body:
-            hidden = block(hidden)
+        hidden = encoder.body(encoder.stem(normalise(resize_batch(to_float(images[start:start + batch_size]),
+                                                                  input_size))))  # the encoder, before its pool
         if pool == "average":
             out.append(hidden.mean((2, 3)))
         elif pool == "gem":

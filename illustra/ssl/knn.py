@@ -40,8 +40,10 @@ def knn_predict(bank: np.ndarray, bank_labels: np.ndarray, queries: np.ndarray, 
     if balanced:
         counts = np.bincount(bank_labels[bank_labels >= 0], minlength=classes).astype(np.float32)
         scale = torch.from_numpy(np.where(counts > 0, counts.mean() / np.maximum(counts, 1), 0.0).astype(np.float32))
-    bank_t, query_t = torch.tensor(np.asarray(bank, np.float32)), torch.tensor(np.asarray(queries, np.float32))
-    labels_t = torch.tensor(np.asarray(bank_labels, np.int64))  # copies: the inputs may be read-only views
+    def tensor(array: np.ndarray, dtype) -> torch.Tensor:  # a copy only where the input is a read-only view, etc.
+        return torch.from_numpy(np.require(array, dtype, ["C", "W"]))
+
+    bank_t, query_t, labels_t = tensor(bank, np.float32), tensor(queries, np.float32), tensor(bank_labels, np.int64)
     predictions = []
     for start in range(0, len(query_t), 1024):
         similarity = query_t[start:start + 1024] @ bank_t.T
