@@ -374,3 +374,32 @@ def test_the_shipped_gpu_classifier_loads_on_a_cpu_and_predicts_real_images(fixt
     result = evaluate_folder(subset, shipped)
     assert result["evaluated"] == 6 and {row["predicted"] for row in result["predictions"]} <= set(meta["classes"])
     assert all(0.0 < row["probability"] <= 1.0 for row in result["predictions"])
+
+
+def test_layer_wise_lr_decay_moves_the_stem_least_and_keeps_every_parameter_once():
+    """encoder_lr_decay 0.5: last block at lr * scale, each layer below at half the one above; 1.0: the old 3 groups."""
+    from illustra.finetune.model import Classifier
+    from illustra.finetune.train import make_optimizer
+    from illustra.ssl.encoder import Encoder, EncoderConfig
+
+    torch.manual_seed(0)
+    model = Classifier(Encoder(EncoderConfig(width=8, stages=3, blocks_per_stage=1, input_size=16)), classes=4)
+    plain = make_optimizer(model, FinetuneConfig(encoder_lr_scale=0.5, lr=0.01))
+    assert [len(g["params"]) > 0 for g in plain.param_groups] == [True] * 3
+    assert [g["lr"] for g in plain.param_groups] == pytest.approx([0.01, 0.005, 0.005])
+    optimizer = make_optimizer(model, FinetuneConfig(encoder_lr_scale=0.5, encoder_lr_decay=0.5, lr=0.01,
+                                                     weight_decay=0.0))
+    ids = [id(p) for g in optimizer.param_groups for p in g["params"]]
+    assert sorted(ids) == sorted(id(p) for p in model.parameters())  # each parameter in exactly one group
+    lr_of = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
+    stem, last = model.encoder.stem[0].weight, model.encoder.body[-1].conv2.weight
+    assert lr_of[id(last)] == pytest.approx(0.005) and lr_of[id(stem)] == pytest.approx(0.005 * 0.5**3)
+    assert lr_of[id(model.encoder.body[0].conv1.weight)] == pytest.approx(0.005 * 0.5**2)
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    images, labels = torch.randn(8, 3, 16, 16), torch.arange(8) % 4
+    torch.nn.functional.cross_entropy(model(images), labels).backward()
+    optimizer.step()  # Adam's first step moves each weight by about its lr, whatever the gradient's size
+    moved = {name: (p.detach() - before[name]).abs().mean().item() for name, p in model.named_parameters()}
+    assert moved["encoder.stem.0.weight"] < 0.2 * moved["encoder.body.2.shortcut.0.weight"]  # residual branches start at 0
+    with pytest.raises(ValueError, match="encoder_lr_decay"):
+        make_optimizer(model, FinetuneConfig(encoder_lr_decay=0.0))

@@ -46,7 +46,8 @@ class FinetuneConfig:
     epochs: int
     batch_size: int
     lr: float  # head learning rate (AdamW)
-    encoder_lr_scale: float  # encoder lr = lr * this in full / scratch mode
+    encoder_lr_scale: float  # encoder lr = lr * this in full / scratch mode ...
+    encoder_lr_decay: float  # ... times this per block below the last (layer-wise lr decay; 1.0: one encoder lr)
     weight_decay: float
     warmup_epochs: int
     label_smoothing: float
@@ -104,15 +105,27 @@ def build_model(config: FinetuneConfig, classes: int, encoder_path: str | Path |
 
 
 def make_optimizer(model: Classifier, config: FinetuneConfig) -> torch.optim.Optimizer:
-    """AdamW with the head at lr and the encoder at lr * encoder_lr_scale (no decay on norms and biases)."""
+    """AdamW: the head at lr, the encoder at lr * encoder_lr_scale (no weight decay on norms and biases).
+
+    Trick (layer-wise lr decay, as in BEiT / ELECTRA fine-tuning): with `encoder_lr_decay` d < 1 the encoder's last
+    block keeps that lr and each layer below it gets d times the lr of the one above, down to the stem, so the
+    low-level filters the SSL start learned move least. Scratch mode has no start to keep: one lr for all.
+    """
     groups = [{"params": list(model.head.parameters()), "lr": config.lr, "base_lr": config.lr}]
     if config.mode != "linear":
         scale = 1.0 if config.mode == "scratch" else config.encoder_lr_scale
-        decay = [p for p in model.encoder.parameters() if p.ndim > 1]
-        plain = [p for p in model.encoder.parameters() if p.ndim <= 1]
-        groups += [{"params": decay, "lr": config.lr * scale, "base_lr": config.lr * scale},
-                   {"params": plain, "lr": config.lr * scale, "base_lr": config.lr * scale, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, weight_decay=config.weight_decay)
+        decay = 1.0 if config.mode == "scratch" else config.encoder_lr_decay
+        if not 0.0 < decay <= 1.0:
+            raise ValueError(f"encoder_lr_decay must be in (0, 1], not {decay}")
+        layers = [model.encoder.stem, *model.encoder.body] if decay < 1.0 else [model.encoder]  # 1.0: the groups
+        owned = {id(p) for layer in layers for p in layer.parameters()}  # (and resume checkpoints) as before
+        rest = [p for p in model.encoder.parameters() if id(p) not in owned]  # none in this architecture
+        for depth, params in enumerate([list(layer.parameters()) for layer in reversed(layers)] + [rest]):
+            lr = config.lr * scale * decay ** min(depth, len(layers) - 1)
+            with_decay, plain = [p for p in params if p.ndim > 1], [p for p in params if p.ndim <= 1]
+            groups += [{"params": with_decay, "lr": lr, "base_lr": lr},
+                       {"params": plain, "lr": lr, "base_lr": lr, "weight_decay": 0.0}]
+    return torch.optim.AdamW([group for group in groups if group["params"]], weight_decay=config.weight_decay)
 
 
 def macro_f1(model: Classifier, images: torch.Tensor, labels: np.ndarray, input_size: int, classes: int,
