@@ -1,13 +1,26 @@
 #!/usr/bin/env bash
-# Check what CI checks: clone the committed HEAD into a temporary folder, run the README's test command there
-# (and the main job with --main), then delete the clone. Each clone holds a 6 GB .venv, so one left behind per
-# check fills a small disk and the next CI run cannot install (KEEP=1 keeps it for a look).
+# Check what CI checks: clone the committed HEAD into a temporary folder, run `.ci/run` (the README's test command)
+# there, and the main job too with --main, then delete the clone. Each clone holds a 6 GB .venv: clones left behind
+# once filled this machine's disk, so CI could not install. Stale clones of earlier checks (killed before their
+# clean-up) are deleted first; KEEP=1 keeps this one for a look, until the next check.
 # Usage: bash scripts/fresh_clone.sh [--main]
 set -euo pipefail
+case "${1:-}" in
+  "" | --main) ;;
+  *) echo "usage: bash scripts/fresh_clone.sh [--main]" >&2; exit 2 ;;
+esac
 repo=$(cd "$(dirname "$0")/.." && pwd)
-tmp=$(mktemp -d)
+base=${TMPDIR:-/tmp}
+if [ -n "$(git -C "$repo" status --porcelain --untracked-files=no)" ]; then
+  echo "fresh_clone: uncommitted changes are not in the clone; it checks HEAD only" >&2
+fi
+for stale in "$base"/illustra-fresh.*; do
+  [ -d "$stale" ] && { echo "fresh_clone: deleting a stale clone, $stale" >&2; rm -rf "$stale"; }
+done
+tmp=$(mktemp -d "$base/illustra-fresh.XXXXXX")
 if [ "${KEEP:-0}" != 1 ]; then
   trap 'rm -rf "$tmp"' EXIT
+  trap 'exit 143' TERM HUP INT
 fi
 git clone --quiet "$repo" "$tmp/fresh"
 cd "$tmp/fresh"

@@ -67,6 +67,10 @@ def test_resume_continues_to_the_same_weights(tiny_run, tmp_path):
     finetune_folder(tmp / "cur", tmp_path / "b", tmp / "work", one, encoder, progress=False, max_steps=per_epoch)
     resumed = finetune_folder(tmp / "cur", tmp_path / "b", tmp / "work", one, encoder, progress=False, resume=True)
     assert resumed["epochs"] == 2 and len(resumed["history"]) == 2  # continued, did not restart
+    finetune_folder(tmp / "cur", tmp_path / "c", tmp / "work", one, encoder, progress=False, max_steps=per_epoch)
+    other = FinetuneConfig(epochs=2, batch_size=16, ema_decay=0.9, imbalance="none", encoder_lr_decay=0.8)
+    with pytest.raises(UserError, match="parameter groups"):  # a changed optimizer layout says so, not torch's error
+        finetune_folder(tmp / "cur", tmp_path / "c", tmp / "work", other, encoder, progress=False, resume=True)
 
 
 def test_validation_every_k_epochs_and_always_after_the_last(tiny_run, tmp_path):

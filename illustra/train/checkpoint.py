@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from illustra.errors import UserError
 from illustra.weights import with_prefix
 
 
@@ -21,7 +22,13 @@ def optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch
 
 
 def restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
-    """Inverse of `optimizer_tensors`."""
+    """Inverse of `optimizer_tensors`; a checkpoint whose parameter groups differ from this run's is a UserError."""
+    saved = [len(group["params"]) for group in meta["param_groups"]]
+    here = [len(group["params"]) for group in optimizer.param_groups]
+    if saved != here:
+        raise UserError(f"the checkpoint's optimizer has parameter groups of {saved} tensors, this run's {here}: "
+                        "resume with the config the run was started with (e.g. the same encoder_lr_decay), "
+                        "or start a new run")
     state: dict[int, dict] = {}
     for name, value in with_prefix(tensors, "optimizer").items():
         pid, key = name.split(".", 1)
