@@ -23,7 +23,7 @@ from torch import nn
 
 from illustra.config import build, yaml_defaults
 from illustra.curation.balance import class_weights, epoch_indices
-from illustra.errors import UserError
+from illustra.errors import ConfigError, UserError
 from illustra.finetune.mixstyle import MixStyle
 from illustra.finetune.model import TTA, Classifier, predict_proba, save_classifier
 from illustra.ssl.augment import ViewConfig, make_view, to_float
@@ -87,9 +87,9 @@ class FinetuneConfig:
 def build_model(config: FinetuneConfig, classes: int, encoder_path: str | Path | None) -> tuple[Classifier, dict]:
     """Classifier from the pretrained encoder (linear / full) or a random one (scratch); (model, architecture)."""
     if config.mode not in MODES:
-        raise ValueError(f"unknown mode {config.mode!r}; one of {MODES}")
+        raise ConfigError(f"unknown mode {config.mode!r}; one of {MODES}")
     if config.mix not in ("none", "mixup", "cutmix") or config.tta not in TTA:
-        raise ValueError(f"unknown mix {config.mix!r} or tta {config.tta!r}: mix is none | mixup | cutmix, "
+        raise ConfigError(f"unknown mix {config.mix!r} or tta {config.tta!r}: mix is none | mixup | cutmix, "
                          f"tta one of {TTA}")
     if config.mode == "scratch" or encoder_path is None:  # initialised from the trainer's seed (seed_everything)
         encoder, architecture = Encoder(config.encoder), config.encoder.to_dict()
@@ -116,16 +116,14 @@ def make_optimizer(model: Classifier, config: FinetuneConfig) -> torch.optim.Opt
         scale = 1.0 if config.mode == "scratch" else config.encoder_lr_scale
         decay = 1.0 if config.mode == "scratch" else config.encoder_lr_decay
         if not 0.0 < decay <= 1.0:
-            raise ValueError(f"encoder_lr_decay must be in (0, 1], not {decay}")
-        layers = [model.encoder.stem, *model.encoder.body] if decay < 1.0 else [model.encoder]  # 1.0: the groups
-        owned = {id(p) for layer in layers for p in layer.parameters()}  # (and resume checkpoints) as before
-        rest = [p for p in model.encoder.parameters() if id(p) not in owned]  # none in this architecture
-        for depth, params in enumerate([list(layer.parameters()) for layer in reversed(layers)] + [rest]):
-            lr = config.lr * scale * decay ** min(depth, len(layers) - 1)
-            with_decay, plain = [p for p in params if p.ndim > 1], [p for p in params if p.ndim <= 1]
-            groups += [{"params": with_decay, "lr": lr, "base_lr": lr},
-                       {"params": plain, "lr": lr, "base_lr": lr, "weight_decay": 0.0}]
-    return torch.optim.AdamW([group for group in groups if group["params"]], weight_decay=config.weight_decay)
+            raise ConfigError(f"encoder_lr_decay must be in (0, 1], not {decay}")
+        # 1.0: the whole encoder as one layer, so the groups (and resume checkpoints) are as before the option
+        layers = [model.encoder.stem, *model.encoder.body] if decay < 1.0 else [model.encoder]
+        for depth, layer in enumerate(reversed(layers)):  # the pool has no parameters
+            lr, params = config.lr * scale * decay**depth, list(layer.parameters())
+            groups += [{"params": [p for p in params if p.ndim > 1], "lr": lr, "base_lr": lr},
+                       {"params": [p for p in params if p.ndim <= 1], "lr": lr, "base_lr": lr, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, weight_decay=config.weight_decay)
 
 
 def macro_f1(model: Classifier, images: torch.Tensor, labels: np.ndarray, input_size: int, classes: int,
