@@ -13,9 +13,9 @@ Stages, each the same code as its own sub-command, each writing under WORK:
               (`illustra.index_page.write_index`, called by `illustra run` after the stages)
 
 A stage is skipped when it finished before with the same inputs: its key hashes its command, the
-index fingerprint after `scan`, the configs it reads and the key of the stage before it
-(WORK/run.json keeps them). An interrupted `pretrain` or `finetune` resumes from its checkpoint;
-`--from STAGE` redoes that stage and every later one.
+index fingerprint after `scan`, the values of the configs it reads (its profile section included;
+comments do not count) and the key of the stage before it (WORK/run.json keeps them). An interrupted
+`pretrain` or `finetune` resumes from its checkpoint; `--from STAGE` redoes that stage and every later one.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from illustra.errors import UserError
 STAGES = ("scan", "pretrain", "embed", "curate", "finetune", "export", "evaluate")
 RECORD = "run.json"
 CONFIGS = {"pretrain": ("ssl.yaml",), "curate": ("curation.yaml",), "finetune": ("finetune.yaml",)}
+PROFILE_SECTIONS = {"pretrain": "ssl", "curate": "curation", "finetune": "finetune"}  # what each reads of a profile
 
 
 SETTABLE = {"pretrain", "curate", "finetune"}
@@ -76,16 +77,31 @@ def stage_commands(data: Path, work: Path, encoder: Path | None, ssl_budget: str
     return steps
 
 
-def stage_key(stage: str, argv: list[str], fingerprint: str, previous: str, profile: str) -> str:
-    """What a stage's result depends on, hashed: command, index fingerprint, configs, the stage before."""
-    from illustra.config import CONFIG_DIR
+def stage_key(stage: str, argv: list[str], fingerprint: str, previous: str, profile: str,
+              config_dir: str | Path | None = None) -> str:
+    """What a stage's result depends on, hashed: command, index fingerprint, configs, the stage before.
 
-    configs = {name: (Path(CONFIG_DIR) / name).read_text(encoding="utf-8") for name in CONFIGS.get(stage, ())}
-    profile_file = Path(CONFIG_DIR) / "profiles" / f"{profile}.yaml"
-    if stage in CONFIGS and profile_file.exists():
-        configs["profile"] = profile_file.read_text(encoding="utf-8")
+    The configs count by their values, not their text: a comment or a blank line changes no key, so an upgrade
+    that only re-words a config does not redo a 25-minute pretraining. Of the device profile, only the section
+    the stage reads counts (a `finetune:` change leaves `pretrain` and `curate` up to date)."""
+    import yaml
+
+    from illustra.config import CONFIG_DIR, merge
+
+    config_dir = Path(config_dir or CONFIG_DIR)
+
+    def read(name: str) -> dict:
+        path = config_dir / name
+        return (yaml.safe_load(path.read_text(encoding="utf-8")) or {}) if path.exists() else {}
+
+    configs: dict = {name: read(name) for name in CONFIGS.get(stage, ())}
+    if stage in PROFILE_SECTIONS:
+        sections = read(f"profiles/{profile}.yaml")
+        configs["profile"] = sections.get(PROFILE_SECTIONS[stage])
+        if stage == "curate":  # its report shows the imbalance plan that fine-tuning will apply
+            configs["imbalance"] = merge(read("finetune.yaml"), sections.get("finetune") or {}).get("imbalance")
     blob = json.dumps({"stage": stage, "argv": argv, "index": fingerprint, "previous": previous, "configs": configs},
-                      sort_keys=True)
+                      sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

@@ -79,7 +79,8 @@ def test_shipped_plan_covers_the_required_factors():
     assert len(plan.seeds) >= 2 and {"pretraining", "mode", "photos"} <= set(plan.repeat)
     assert len(expand_runs(load_plan("experiments.yaml", "quick"))) <= 8
     recipe = load_plan("experiments.yaml", "recipe")  # issue #16: the recipe and style factors, with a LOSO column
-    assert {"style", "tta", "probe", "mix", "encoder_lr", "label_smoothing", "ema", "pretraining"} <= set(recipe.factors)
+    assert {"style", "tta", "probe", "mix", "encoder_lr", "label_smoothing", "ema", "pretraining", "weight_decay",
+            "encoder_lr_decay"} <= set(recipe.factors)
     assert {"pretraining", "style"} <= set(recipe.loso) and len(recipe.seeds) >= 2
 
 

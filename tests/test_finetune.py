@@ -407,3 +407,37 @@ def test_layer_wise_lr_decay_moves_the_stem_least_and_keeps_every_parameter_once
     assert moved["encoder.stem.0.weight"] < 0.2 * moved["encoder.body.2.shortcut.0.weight"]  # residual branches start at 0
     with pytest.raises(ValueError, match="encoder_lr_decay"):
         make_optimizer(model, FinetuneConfig(encoder_lr_decay=0.0))
+
+
+def test_stage_keys_follow_config_values_not_their_text(tmp_path):
+    """`illustra run` redoes a stage when a value it reads changes, not when a comment does; of the device
+    profile, a stage reads only its own section (curation also shows fine-tuning's imbalance plan)."""
+    import shutil
+
+    from illustra.config import CONFIG_DIR
+    from illustra.workflow import stage_key
+
+    configs = tmp_path / "configs"
+    shutil.copytree(CONFIG_DIR, configs)
+    profile = configs / "profiles" / "cpu.yaml"
+
+    def keys() -> dict:
+        return {stage: stage_key(stage, ["argv"], "index", "", "cpu", configs) for stage in ("pretrain", "curate", "finetune")}
+
+    def edit(path, old, new):
+        text = path.read_text(encoding="utf-8")
+        assert text.count(old) == 1
+        path.write_text(text.replace(old, new), encoding="utf-8")
+
+    before = keys()
+    edit(configs / "ssl.yaml", "temperature: 0.2", "temperature: 0.2   # re-worded\n\n# a new comment")
+    edit(profile, "  time_budget_s: 1500     #", "  time_budget_s: 1500  # re-worded;")
+    assert keys() == before
+    edit(profile, "  time_budget_s: 1200", "  time_budget_s: 600")
+    after = keys()
+    assert after["finetune"] != before["finetune"]
+    assert after["pretrain"] == before["pretrain"] and after["curate"] == before["curate"]
+    edit(profile, "  imbalance: over", "  imbalance: weights")
+    assert keys()["curate"] != after["curate"]
+    edit(configs / "ssl.yaml", "temperature: 0.2", "temperature: 0.1")
+    assert keys()["pretrain"] != before["pretrain"]
