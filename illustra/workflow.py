@@ -100,8 +100,22 @@ def stage_key(stage: str, argv: list[str], fingerprint: str, previous: str, prof
         configs["profile"] = sections.get(PROFILE_SECTIONS[stage])
         if stage == "curate":  # its report shows the imbalance plan that fine-tuning will apply
             configs["imbalance"] = merge(read("finetune.yaml"), sections.get("finetune") or {}).get("imbalance")
+    blob = json.dumps({"stage": stage, "argv": argv, "index": fingerprint, "previous": previous, "configs": configs,
+                       "profile": profile if stage in PROFILE_SECTIONS else None}, sort_keys=True, default=repr)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def text_stage_key(stage: str, argv: list[str], fingerprint: str, previous: str, profile: str) -> str:
+    """The key as illustra wrote it before 2026-12-08 (the configs' text). Read only to carry a run recorded then
+    over to `stage_key` without redoing it: same text means same values."""
+    from illustra.config import CONFIG_DIR
+
+    configs = {name: (Path(CONFIG_DIR) / name).read_text(encoding="utf-8") for name in CONFIGS.get(stage, ())}
+    profile_file = Path(CONFIG_DIR) / "profiles" / f"{profile}.yaml"
+    if stage in CONFIGS and profile_file.exists():
+        configs["profile"] = profile_file.read_text(encoding="utf-8")
     blob = json.dumps({"stage": stage, "argv": argv, "index": fingerprint, "previous": previous, "configs": configs},
-                      sort_keys=True, default=str)
+                      sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -135,12 +149,16 @@ def run_workflow(data: str | Path, work: str | Path, run_command: Callable[[list
     record.update({"data": str(data.resolve()), "encoder": str(encoder) if encoder else "pretrained here"})
     steps = stage_commands(data, work, Path(encoder) if encoder else None, ssl_budget, finetune_budget, sets)
     redo = False
-    previous, started = "", time.perf_counter()
+    previous, previous_text, started = "", "", time.perf_counter()
     for stage, argv in steps:
         redo = redo or stage == start_from
         fingerprint = _index_fingerprint(work) if stage != "scan" else ""
         key = stage_key(stage, argv, fingerprint, previous, profile)
+        text_key = text_stage_key(stage, argv, fingerprint, previous_text, profile)
         done = stages.get(stage, {})
+        if done.get("key") == text_key:  # recorded by an older illustra from the same inputs: carried over, not redone
+            done["key"] = key
+        previous_text = text_key
         if stage != "scan" and not redo and done.get("key") == key and done.get("done") and _outputs_exist(stage, work):
             log(f"== {stage}: up to date (same inputs as the finished run of {done.get('finished', '?')})")
             previous = key
@@ -160,6 +178,7 @@ def run_workflow(data: str | Path, work: str | Path, run_command: Callable[[list
                             f"and run the same command again: finished stages are kept")
         if stage == "scan":  # the index's fingerprint keys every later stage
             key = stage_key(stage, argv, _index_fingerprint(work), "", profile)
+            previous_text = text_stage_key(stage, argv, _index_fingerprint(work), "", profile)
         stages[stage] = {"key": key, "done": True, "seconds": round(time.perf_counter() - begun, 1),
                          "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
         _save(record_path, record)

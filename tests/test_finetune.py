@@ -260,11 +260,14 @@ def test_export_writes_the_split_as_folders_and_evaluate_reproduces_the_test_sco
     assert not any(os.path.samefile(copied, p) for p in data.rglob("*") if p.is_file())
 
 
-def test_illustra_run_takes_a_folder_to_a_verified_classifier_and_skips_what_is_done(fixture_bench, tmp_path):
+def test_illustra_run_takes_a_folder_to_a_verified_classifier_and_skips_what_is_done(fixture_bench, tmp_path,
+                                                                                     monkeypatch):
     """`illustra run DATA --out WORK` end to end on a small generated folder: the exported test folder reproduces
-    the fine-tuning run's held-out F1, and a second run redoes nothing but the (cheap) scan."""
+    the fine-tuning run's held-out F1, and a second run redoes nothing but the (cheap) scan, also when the first
+    was recorded with the keys of an older illustra (the configs' text)."""
     import json
 
+    from illustra import workflow
     from illustra.cli import main
     from illustra.workflow import run_workflow
 
@@ -272,7 +275,9 @@ def test_illustra_run_takes_a_folder_to_a_verified_classifier_and_skips_what_is_
     work = tmp_path / "work"
     sets = ["curate.photos.texture_steps=40", "finetune.epochs=2", "finetune.batch_size=16"]
     argv = ["run", str(fixture_bench / "training"), "--out", str(work), "--encoder", str(encoder)]
-    assert main([*argv, *[arg for item in sets for arg in ("--set", item)]]) == 0
+    with monkeypatch.context() as patch:
+        patch.setattr(workflow, "stage_key", workflow.text_stage_key)  # the first run writes the older keys
+        assert main([*argv, *[arg for item in sets for arg in ("--set", item)]]) == 0
     record = json.loads((work / "run.json").read_text(encoding="utf-8"))
     assert all(stage["done"] for stage in record["stages"].values()) and "pretrain" not in record["stages"]
     metrics = json.loads((work / "finetune" / "metrics.json").read_text(encoding="utf-8"))
@@ -284,7 +289,9 @@ def test_illustra_run_takes_a_folder_to_a_verified_classifier_and_skips_what_is_
     executed = []
     run_workflow(fixture_bench / "training", work, lambda command: executed.append(command[0]) or main(command),
                  encoder=encoder, sets=sets, log=lambda *_: None)
-    assert executed == ["scan"]  # nothing changed: every later stage is up to date
+    assert executed == ["scan"]  # nothing changed: every later stage is up to date, its older key carried over
+    carried = json.loads((work / "run.json").read_text(encoding="utf-8"))["stages"]
+    assert carried["finetune"]["key"] != record["stages"]["finetune"]["key"]  # now the values' key
     executed.clear()
     run_workflow(fixture_bench / "training", work, lambda command: executed.append(command[0]) or main(command),
                  encoder=encoder, sets=sets, start_from="export", log=lambda *_: None)
@@ -414,6 +421,8 @@ def test_stage_keys_follow_config_values_not_their_text(tmp_path):
     profile, a stage reads only its own section (curation also shows fine-tuning's imbalance plan)."""
     import shutil
 
+    import yaml
+
     from illustra.config import CONFIG_DIR
     from illustra.workflow import stage_key
 
@@ -421,23 +430,27 @@ def test_stage_keys_follow_config_values_not_their_text(tmp_path):
     shutil.copytree(CONFIG_DIR, configs)
     profile = configs / "profiles" / "cpu.yaml"
 
-    def keys() -> dict:
-        return {stage: stage_key(stage, ["argv"], "index", "", "cpu", configs) for stage in ("pretrain", "curate", "finetune")}
+    def keys(name: str = "cpu") -> dict:
+        return {stage: stage_key(stage, ["argv"], "index", "", name, configs) for stage in ("pretrain", "curate", "finetune")}
 
-    def edit(path, old, new):
-        text = path.read_text(encoding="utf-8")
-        assert text.count(old) == 1
-        path.write_text(text.replace(old, new), encoding="utf-8")
+    def set_value(path, section, key, value):  # a value change (the file is rewritten without its comments)
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        (raw[section] if section else raw)[key] = value
+        path.write_text(yaml.safe_dump(raw), encoding="utf-8")
 
     before = keys()
-    edit(configs / "ssl.yaml", "temperature: 0.2", "temperature: 0.2   # re-worded\n\n# a new comment")
-    edit(profile, "  time_budget_s: 1500     #", "  time_budget_s: 1500  # re-worded;")
+    for path in (configs / "ssl.yaml", configs / "finetune.yaml", profile):
+        path.write_text("# a comment on top\n\n" + path.read_text(encoding="utf-8") + "\n# and one below\n",
+                        encoding="utf-8")
     assert keys() == before
-    edit(profile, "  time_budget_s: 1200", "  time_budget_s: 600")
+    set_value(profile, "finetune", "time_budget_s", 600)
     after = keys()
     assert after["finetune"] != before["finetune"]
     assert after["pretrain"] == before["pretrain"] and after["curate"] == before["curate"]
-    edit(profile, "  imbalance: over", "  imbalance: weights")
+    set_value(profile, "finetune", "imbalance", "weights")  # the curation report shows it
     assert keys()["curate"] != after["curate"]
-    edit(configs / "ssl.yaml", "temperature: 0.2", "temperature: 0.1")
+    set_value(profile, "ssl", "time_budget_s", 60)
+    assert keys()["pretrain"] != after["pretrain"]
+    set_value(configs / "ssl.yaml", None, "temperature", 0.1)
     assert keys()["pretrain"] != before["pretrain"]
+    assert keys("cpu")["finetune"] != keys("no-such-profile")["finetune"]  # a profile's name is recorded in the weights
